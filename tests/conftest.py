@@ -1,0 +1,67 @@
+"""Session-wide fixtures: golden data, tiny random models (built once), synthetic videos encoded with PyAV."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GOLDEN = Path(os.environ.get("DECAF_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "shared" / "golden"))
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not GOLDEN.is_dir():
+        pytest.skip(f"golden data not found at {GOLDEN} (set DECAF_GOLDEN_DIR)")
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random Qwen2.5-VL, Qwen2-VL and SAM2 checkpoints, made through the CLI's own builder."""
+    from decaf_backend.tiny_models import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny_models"), seed=0)
+
+
+def moving_disc_frames(num_frames: int, height: int, width: int, radius: int | None = None) -> np.ndarray:
+    """A red disc moving left to right over a textured background: (N, H, W, 3) uint8."""
+    radius = radius or max(4, min(height, width) // 6)
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    background = (rng.integers(0, 40, (height, width, 3)) + np.linspace(40, 120, width)[None, :, None]).astype(np.uint8)
+    for i in range(num_frames):
+        cx = radius + (width - 2 * radius) * i / max(1, num_frames - 1)
+        cy = height / 2
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
+        frame = background.copy()
+        frame[disc] = (220, 30, 30)
+        frames[i] = frame
+    return frames
+
+
+def encode_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264") -> Path:
+    """Encode frames with PyAV (yuv420p needs even sizes: the encoder gets the frame size rounded down)."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            image = frame[: stream.height, : stream.width]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An mp4 with an odd number of frames and a non-square size (a moving red disc)."""
+    path = tmp_path_factory.mktemp("videos") / "disc_odd.mp4"
+    return encode_video(path, moving_disc_frames(21, 96, 160))
