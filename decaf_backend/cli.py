@@ -25,9 +25,13 @@ def _segment(args: argparse.Namespace) -> int:
     prompt = normalize_prompt(args.prompt)  # fail before loading gigabytes of weights
     reader = open_video(args.video)
     config = DecafConfig.from_env(
-        num_key_frames=args.key_frames, point_threshold=args.point_threshold, final_score_threshold=args.final_threshold
+        num_key_frames=args.key_frames,
+        point_threshold=args.point_threshold,
+        final_score_threshold=args.final_threshold,
     )
-    pipeline = DecafPipeline.from_pretrained(args.mllm, args.sam2, device=args.device, dtype=args.dtype, config=config)
+    pipeline = DecafPipeline.from_pretrained(
+        args.mllm, args.sam2, device=args.device, dtype=args.dtype, config=config
+    )
     with tqdm(total=100, desc="DecAF", unit="%", disable=args.quiet) as bar:
 
         def progress(stage: str, fraction: float) -> None:
@@ -94,22 +98,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    seg = sub.add_parser("segment", help="segment the object a text prompt refers to, on every frame of a video")
+    seg = sub.add_parser(
+        "segment", help="segment the object a text prompt refers to, on every frame of a video"
+    )
     seg.add_argument("video", help="video file (mp4/webm/mov/avi/mkv) or a folder of frames")
-    seg.add_argument("--prompt", required=True, help='referring expression or question, e.g. "the dog about to jump"')
+    seg.add_argument(
+        "--prompt", required=True, help='referring expression or question, e.g. "the dog about to jump"'
+    )
     seg.add_argument("--out", required=True, help="output folder (masks/, overlay, summary.json)")
-    seg.add_argument("--mllm", default=None, help="hub id or local folder (default: $DECAF_MLLM or Qwen2.5-VL-7B)")
-    seg.add_argument("--sam2", default=None, help="hub id, local folder or checkpoint (default: $DECAF_SAM2 or SAM2.1-L)")
+    seg.add_argument(
+        "--mllm", default=None, help="hub id or local folder (default: $DECAF_MLLM or Qwen2.5-VL-7B)"
+    )
+    seg.add_argument(
+        "--sam2", default=None, help="hub id, local folder or checkpoint (default: $DECAF_SAM2 or SAM2.1-L)"
+    )
     seg.add_argument("--device", default=None, help="cuda / mps / cpu (default: best available)")
-    seg.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
+    seg.add_argument(
+        "--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU"
+    )
     seg.add_argument("--key-frames", type=int, default=None, help="key frames given to the MLLM (default 16)")
-    seg.add_argument("--point-threshold", type=float, default=None, help="fused-map threshold for points (0.8)")
-    seg.add_argument("--final-threshold", type=float, default=None, help="final tracklet score threshold (0.8)")
-    seg.add_argument("--overlay", default="mp4", choices=["mp4", "gif", "none"], help="overlay preview format")
+    seg.add_argument(
+        "--point-threshold", type=float, default=None, help="fused-map threshold for points (0.8)"
+    )
+    seg.add_argument(
+        "--final-threshold", type=float, default=None, help="final tracklet score threshold (0.8)"
+    )
+    seg.add_argument(
+        "--overlay", default="mp4", choices=["mp4", "gif", "none"], help="overlay preview format"
+    )
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=_segment)
 
-    tiny = sub.add_parser("make-tiny-models", help="build tiny random-weight Qwen2.5-VL, Qwen2-VL and SAM2 checkpoints")
+    tiny = sub.add_parser(
+        "make-tiny-models", help="build tiny random-weight Qwen2.5-VL, Qwen2-VL and SAM2 checkpoints"
+    )
     tiny.add_argument("dir", help="output folder (gets qwen2_5_vl/, qwen2_vl/, sam2/)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_make_tiny_models)
@@ -132,7 +154,9 @@ def _register_optional(module: str, sub: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except DecafError as exc:

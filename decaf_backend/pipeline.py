@@ -111,7 +111,9 @@ class CorrectionSession:
         n = len(self.frames)
         first = self.frames[0]
         out = FrameMasks(n, first.shape[0], first.shape[1])
-        cond_frames = sorted(set(self.prompt_masks) | {c.frame for c in self.clicks} | {b.frame for b in self.boxes})
+        cond_frames = sorted(
+            set(self.prompt_masks) | {c.frame for c in self.clicks} | {b.frame for b in self.boxes}
+        )
         if not cond_frames:
             return out
         start = cond_frames[0]
@@ -156,7 +158,9 @@ class DecafPipeline:
         sam2_name = sam2 or os.environ.get("DECAF_SAM2") or DEFAULT_SAM2
         adapter = load_mllm(mllm_name, device=device, dtype=dtype, config=config)
         predictor = load_sam2_predictor(sam2_name, device=device, dtype=dtype)
-        random_weights = bool(getattr(adapter, "random_weights", False) or getattr(predictor, "random_weights", False))
+        random_weights = bool(
+            getattr(adapter, "random_weights", False) or getattr(predictor, "random_weights", False)
+        )
         return cls(adapter, predictor, config, random_weights=random_weights)
 
     def segment(
@@ -189,14 +193,20 @@ class DecafPipeline:
 
         with _timed(timings, "fusion"):
             fusion = fuse_maps(
-                obj_video.attention_map, bg_video.attention_map, obj_frames.attention_map, bg_frames.attention_map, cfg
+                obj_video.attention_map,
+                bg_video.attention_map,
+                obj_frames.attention_map,
+                bg_frames.attention_map,
+                cfg,
             )
             _, _, coarse = coarse_masks(fusion.fused, (info.height, info.width))
             points = candidate_points(fusion.fused, cfg.point_threshold)
         report("fusion", 0.6)
 
         with _timed(timings, "sam2"):
-            tracking = segment_with_points(self.predictor, key_frames, reader, key_indices, fusion.fused, points, cfg)
+            tracking = segment_with_points(
+                self.predictor, key_frames, reader, key_indices, fusion.fused, points, cfg
+            )
         report("sam2", 1.0)
 
         point_list = _points_in_pixels(points, key_indices, info.width, info.height)
@@ -226,7 +236,11 @@ class DecafPipeline:
         )
 
     def refine(
-        self, seg: VideoSegmentation, clicks: Sequence[Click] = (), boxes: Sequence[Box] = (), video: Any = None
+        self,
+        seg: VideoSegmentation,
+        clicks: Sequence[Click] = (),
+        boxes: Sequence[Box] = (),
+        video: Any = None,
     ) -> VideoSegmentation:
         """Add annotator clicks/boxes to the object's SAM2 session and re-propagate over the whole video.
 
@@ -262,7 +276,9 @@ def _check_in_frame(frame: int, x: float, y: float, n: int, width: int, height: 
     if not 0 <= frame < n:
         raise PromptOutOfRangeError(f"frame {frame} is outside the video (0..{n - 1})")
     if not (0 <= x <= width and 0 <= y <= height):
-        raise PromptOutOfRangeError(f"point ({x:.1f}, {y:.1f}) on frame {frame} is outside the {width}x{height} frame")
+        raise PromptOutOfRangeError(
+            f"point ({x:.1f}, {y:.1f}) on frame {frame} is outside the {width}x{height} frame"
+        )
 
 
 def _largest_mask_frame(masks: FrameMasks) -> list[int]:
@@ -278,13 +294,22 @@ def _merge_prompt_masks(frames: Sequence[int], masks: Sequence[np.ndarray]) -> d
     return merged
 
 
-def _points_in_pixels(points: Sequence[Any], key_indices: Sequence[int], width: int, height: int) -> list[dict]:
+def _points_in_pixels(
+    points: Sequence[Any], key_indices: Sequence[int], width: int, height: int
+) -> list[dict]:
     out = []
     for t, fp in enumerate(points):
         if fp is None:
             continue
         for (x, y), value in zip(np.asarray(fp.points_xy), np.asarray(fp.values)):
-            out.append({"frame": int(key_indices[t]), "x": float(x) * width, "y": float(y) * height, "value": float(value)})
+            out.append(
+                {
+                    "frame": int(key_indices[t]),
+                    "x": float(x) * width,
+                    "y": float(y) * height,
+                    "value": float(value),
+                }
+            )
     return out
 
 

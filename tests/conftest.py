@@ -32,7 +32,9 @@ def moving_disc_frames(num_frames: int, height: int, width: int, radius: int | N
     yy, xx = np.mgrid[0:height, 0:width]
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     rng = np.random.default_rng(0)
-    background = (rng.integers(0, 40, (height, width, 3)) + np.linspace(40, 120, width)[None, :, None]).astype(np.uint8)
+    background = (
+        rng.integers(0, 40, (height, width, 3)) + np.linspace(40, 120, width)[None, :, None]
+    ).astype(np.uint8)
     for i in range(num_frames):
         cx = radius + (width - 2 * radius) * i / max(1, num_frames - 1)
         cy = height / 2
@@ -53,7 +55,9 @@ def encode_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "li
         stream.pix_fmt = "yuv420p"
         for frame in frames:
             image = frame[: stream.height, : stream.width]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            ):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
