@@ -1,0 +1,361 @@
+"""DecAF prompts on Qwen2.5-VL and Qwen2-VL (spec §2–§5, §10, §14.4) with HF transformers 5.
+
+Per prompt kind we run one prefill while capturing post-RoPE Q/K of the rollout layers only
+(`qk_capture`), then roll out blockwise from Q/K (`rollout.rollout_last_row_from_qk`): no
+`output_attentions`, no L×L matrix per layer. Object prompts then generate their short answer with the
+prefill's KV cache (HF `generate`, whose first forward is that prefill); background prompts only prefill.
+Vision-encoder outputs are cached per pixel content, so object and background prompts share them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..config import DecafConfig
+from ..errors import DecafError
+from ..rollout import rollout_last_row_from_qk
+from ..types import AttentionResult
+from . import prompts
+from .base import rollout_to_map
+from .qk_capture import capture_qk
+
+__all__ = ["QWEN_MODEL_TYPES", "QwenVLAdapter", "smart_resize", "video_frame_size"]
+
+QWEN_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+
+# qwen-vl-utils limits (one LLM token per 28×28 px): images/frames at least 4 tokens, at most 16384
+_MIN_PIXELS = 4 * 28 * 28
+_MAX_PIXELS = 16384 * 28 * 28
+# the reference gives its key frames no timing, so the Qwen processor's default fps of 2 applies
+_KEY_FRAME_FPS = 2.0
+_VISION_CACHE_SIZE = 4
+
+
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = _MIN_PIXELS, max_pixels: int = _MAX_PIXELS
+) -> tuple[int, int]:
+    """qwen-vl-utils rule (spec §3): sides to multiples of `factor`, area within [min_pixels, max_pixels]."""
+    if min(height, width) <= 0:
+        raise DecafError(f"frame size {height}x{width} is empty")
+    if max(height, width) / min(height, width) > 200:
+        raise DecafError(f"frame aspect ratio {height}x{width} is too extreme for Qwen-VL (max 200:1)")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def video_frame_size(height: int, width: int, tokens_per_frame: int, factor: int = 28) -> tuple[int, int]:
+    """Pixel size of each key frame in the video prompt: at most `tokens_per_frame` merged tokens."""
+    return smart_resize(height, width, factor, _MIN_PIXELS, tokens_per_frame * factor * factor)
+
+
+def _resize(frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB")
+    if image.size != (size_hw[1], size_hw[0]):  # bicubic: PIL's default, as in qwen-vl-utils
+        image = image.resize((size_hw[1], size_hw[0]), Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
+@dataclass
+class _Visual:
+    """One visual input, encoded once: per prompt item its grid (t, h, w) in patches and its features."""
+
+    kind: str  # "video" or "image"
+    grid_thw: torch.Tensor  # (n_items, 3) long
+    features: tuple[torch.Tensor, ...]  # per item (tokens, hidden)
+
+
+class QwenVLAdapter:
+    """`MLLMAdapter` for Qwen2.5-VL and Qwen2-VL checkpoints (same prompts, sizes and rollout; §10)."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        config: DecafConfig | None = None,
+        name: str = "",
+        random_weights: bool = False,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.config = config or DecafConfig()
+        self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        self.model_type: str = model.config.model_type
+        self.random_weights = random_weights
+        text_config = getattr(model.config, "text_config", model.config)
+        vision_config = model.config.vision_config
+        self.num_layers: int = int(text_config.num_hidden_layers)
+        start = self.config.rollout_start_layer
+        # default: start at half depth (§4: 14 of 28 layers, 18 of 36)
+        self.rollout_start_layer: int = self.num_layers // 2 if start is None else int(start)
+        if not 0 <= self.rollout_start_layer < self.num_layers:
+            raise DecafError(f"rollout_start_layer {start} is outside 0..{self.num_layers - 1}")
+        self.tokens_per_frame: int = int(self.config.tokens_per_frame)
+        self.frame_scale: int = int(self.config.frame_scale)
+        self.merge_size: int = int(vision_config.spatial_merge_size)
+        self.temporal_patch_size: int = int(vision_config.temporal_patch_size)
+        self.factor: int = int(vision_config.patch_size) * self.merge_size
+        self.video_token_id: int = int(model.config.video_token_id)
+        self.image_token_id: int = int(model.config.image_token_id)
+        self._accepts_seconds = "second_per_grid_ts" in inspect.signature(model.forward).parameters
+        self._vision_cache: OrderedDict[str, _Visual] = OrderedDict()
+
+    @property
+    def rollout_layers(self) -> range:
+        return range(self.rollout_start_layer, self.num_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ----- the three DecAF calls -----
+
+    def object_class(
+        self, video_frames: Sequence[np.ndarray], expression: str
+    ) -> tuple[AttentionResult, AttentionResult]:
+        question = prompts.object_class_prompt(expression, self._version("obj"))
+        return self._both_levels(video_frames, question, generate=True)
+
+    def background(
+        self, video_frames: Sequence[np.ndarray], obj_name: str, expression: str | None = None
+    ) -> tuple[AttentionResult, AttentionResult]:
+        question = prompts.background_prompt(obj_name, expression, self._version("bg"))
+        return self._both_levels(video_frames, question, generate=False)
+
+    def choose_object(self, expression: str, candidates: Sequence[str]) -> str:
+        question = prompts.object_choice_prompt(expression, candidates, self._version("choice"))
+        ids = self._prompt_ids(question, None, 0).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), **self._generation_kwargs()
+            )
+        return self._decode(out[:, ids.shape[1] :])[0].lower()
+
+    # ----- building blocks (public for tests and other callers) -----
+
+    def video_level(
+        self, video_frames: Sequence[np.ndarray], question: str, generate: bool
+    ) -> AttentionResult:
+        return self._run(self._video_visual(video_frames), question, generate)
+
+    def frame_level(
+        self, video_frames: Sequence[np.ndarray], question: str, generate: bool
+    ) -> AttentionResult:
+        return self._run(self._frames_visual(video_frames), question, generate)
+
+    def video_size(self, height: int, width: int) -> tuple[int, int]:
+        """Pixel size of key frames in the video prompt (spec §3)."""
+        return video_frame_size(height, width, self.tokens_per_frame, self.factor)
+
+    def frame_size(self, height: int, width: int) -> tuple[int, int]:
+        """Pixel size of a key frame in its own frame prompt: `frame_scale` × the video grid per side."""
+        h_v, w_v = self.video_size(height, width)
+        size = (h_v * self.frame_scale, w_v * self.frame_scale)
+        return smart_resize(size[0], size[1], self.factor)  # qwen-vl-utils still applies its default limits
+
+    def clear_cache(self) -> None:
+        self._vision_cache.clear()
+
+    # ----- internals -----
+
+    def _version(self, which: str) -> int:
+        return int(self.config.extra.get(f"prompt_{which}_version", self.config.prompt_version))
+
+    def _both_levels(
+        self, video_frames: Sequence[np.ndarray], question: str, generate: bool
+    ) -> tuple[AttentionResult, AttentionResult]:
+        frames = _check_frames(video_frames)
+        return self.video_level(frames, question, generate), self.frame_level(frames, question, generate)
+
+    def _video_visual(self, video_frames: Sequence[np.ndarray]) -> _Visual:
+        frames = _check_frames(video_frames)
+        size = self.video_size(*frames[0].shape[:2])
+        key = _cache_key("video", size, frames)
+        if key in self._vision_cache:
+            self._vision_cache.move_to_end(key)
+            return self._vision_cache[key]
+        clip = [_resize(f, size) for f in frames]
+        if len(clip) % self.temporal_patch_size:  # qwen-vl-utils: repeat the last frame up to an even count
+            clip += [clip[-1]] * (self.temporal_patch_size - len(clip) % self.temporal_patch_size)
+        processed = self.processor.video_processor(
+            videos=[np.stack(clip)], do_resize=False, return_tensors="pt", **self._video_processor_kwargs()
+        )
+        grid = processed["video_grid_thw"].to(self.device)
+        with torch.inference_mode():
+            pixels = processed["pixel_values_videos"].to(self.device)
+            features = self.model.model.get_video_features(pixels, grid, return_dict=True).pooler_output
+        return self._remember(key, _Visual("video", grid, tuple(features)))
+
+    def _frames_visual(self, video_frames: Sequence[np.ndarray]) -> _Visual:
+        frames = _check_frames(video_frames)
+        size = self.frame_size(*frames[0].shape[:2])
+        key = _cache_key("image", size, frames)
+        if key in self._vision_cache:
+            self._vision_cache.move_to_end(key)
+            return self._vision_cache[key]
+        grids, features = [], []
+        step = max(1, int(self.config.frame_batch_size))
+        for start in range(0, len(frames), step):
+            images = [_resize(f, size) for f in frames[start : start + step]]
+            processed = self.processor.image_processor(images=images, do_resize=False, return_tensors="pt")
+            grid = processed["image_grid_thw"].to(self.device)
+            with torch.inference_mode():
+                pixels = processed["pixel_values"].to(self.device)
+                features.extend(
+                    self.model.model.get_image_features(pixels, grid, return_dict=True).pooler_output
+                )
+            grids.append(grid)
+        return self._remember(key, _Visual("image", torch.cat(grids), tuple(features)))
+
+    def _remember(self, key: str, visual: _Visual) -> _Visual:
+        self._vision_cache[key] = visual
+        while len(self._vision_cache) > _VISION_CACHE_SIZE:
+            self._vision_cache.popitem(last=False)
+        return visual
+
+    def _video_processor_kwargs(self) -> dict[str, Any]:
+        # transformers 5 warns on every video call unless told; we resize ourselves anyway
+        params = inspect.signature(self.processor.video_processor._preprocess).parameters
+        return {"cap_pixels_per_frame": False} if "cap_pixels_per_frame" in params else {}
+
+    def _prompt_ids(self, question: str, kind: str | None, num_visual_tokens: int) -> torch.Tensor:
+        """(1, L) token ids of one chat prompt: [visual item, question] in a user turn (spec §2)."""
+        content: list[dict[str, str]] = [] if kind is None else [{"type": kind}]
+        content.append({"type": "text", "text": question})
+        text = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        if kind is not None:
+            pad = self.processor.video_token if kind == "video" else self.processor.image_token
+            if text.count(pad) != 1:
+                raise DecafError(
+                    f"the chat template put {text.count(pad)} {pad} tokens in the prompt, expected 1"
+                )
+            text = text.replace(pad, pad * num_visual_tokens)
+        ids = self.processor.tokenizer(text, return_tensors="pt")["input_ids"]
+        if kind is not None:
+            token = self.video_token_id if kind == "video" else self.image_token_id
+            if int((ids == token).sum()) != num_visual_tokens:
+                raise DecafError("the tokenizer did not keep the visual pad tokens intact")
+        return ids
+
+    def _run(self, visual: _Visual, question: str, generate: bool) -> AttentionResult:
+        merge2 = self.merge_size**2
+        grid = visual.grid_thw
+        if not bool((grid == grid[0]).all()):
+            raise DecafError("all key frames must have the same size")
+        num_tokens = int(grid[0].prod()) // merge2
+        ids_one = self._prompt_ids(question, visual.kind, num_tokens)
+        token = self.video_token_id if visual.kind == "video" else self.image_token_id
+        visual_pos = torch.nonzero(ids_one[0] == token).flatten()
+        visual_range = (int(visual_pos[0]), int(visual_pos[-1]))
+        n_items = len(visual.features)
+        # frame prompts share one length (same frame size, same text), so batches need no padding (§13)
+        step = n_items if visual.kind == "video" else max(1, int(self.config.frame_batch_size))
+        rows, answers = [], []
+        for start in range(0, n_items, step):
+            stop = min(n_items, start + step)
+            ids = ids_one.expand(stop - start, -1).to(self.device)
+            inputs = self._model_inputs(ids, visual, start, stop)
+            with torch.inference_mode(), capture_qk(self.model, self.rollout_layers) as cap:
+                if generate:
+                    out = self.model.generate(**inputs, **self._generation_kwargs())
+                    answers.extend(self._decode(out[:, ids.shape[1] :]))
+                else:
+                    self.model(**inputs, use_cache=False, logits_to_keep=1)
+                q_list, k_list = cap.q_list(), cap.k_list()
+            rows.append(
+                rollout_last_row_from_qk(
+                    q_list, k_list, visual_range, block_rows=self.config.rollout_block_rows
+                )
+            )
+            del q_list, k_list, cap
+        rollout = torch.cat(rows).cpu().numpy().astype(np.float32)
+        input_ids = ids_one.expand(n_items, -1).numpy().astype(np.int64)
+        visual_mask = input_ids == token
+        grid_np = grid.cpu().numpy().astype(np.int64)
+        t = int(grid_np[0, 0]) if visual.kind == "video" else n_items
+        shape = (t, int(grid_np[0, 1]) // self.merge_size, int(grid_np[0, 2]) // self.merge_size)
+        return AttentionResult(
+            rollout=rollout,
+            visual_mask=visual_mask,
+            attention_map=rollout_to_map(rollout, visual_mask, shape),
+            input_ids=input_ids,
+            answers=answers if generate else None,
+            grid_thw=grid_np,
+        )
+
+    def _model_inputs(self, ids: torch.Tensor, visual: _Visual, start: int, stop: int) -> dict[str, Any]:
+        token = self.video_token_id if visual.kind == "video" else self.image_token_id
+        type_id = 2 if visual.kind == "video" else 1  # mm_token_type_ids: text 0, image 1, video 2
+        inputs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "mm_token_type_ids": (ids == token).to(torch.int32) * type_id,
+            f"{visual.kind}_grid_thw": visual.grid_thw[start:stop],
+            "mm_encoder_outputs": {
+                visual.kind: BaseModelOutputWithPooling(pooler_output=visual.features[start:stop])
+            },
+        }
+        if visual.kind == "video" and self._accepts_seconds:
+            # transformers 5 assumes 24 fps for frames without metadata; the reference has 2 fps (§4 Positions)
+            seconds = self.temporal_patch_size / _KEY_FRAME_FPS
+            inputs["second_per_grid_ts"] = torch.full((stop - start,), seconds, device=self.device)
+        return inputs
+
+    def _generation_kwargs(self) -> dict[str, Any]:
+        # greedy as in the reference; the checkpoint's own generation config (eos, penalties) still applies
+        return {
+            "max_new_tokens": int(self.config.max_new_tokens),
+            "do_sample": False,
+            "num_beams": 1,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+            "use_cache": True,
+        }
+
+    def _decode(self, new_tokens: torch.Tensor) -> list[str]:
+        texts = self.processor.batch_decode(
+            new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return [t.strip() for t in texts]
+
+
+def _check_frames(video_frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    frames = [np.asarray(f) for f in video_frames]
+    if not frames:
+        raise DecafError("no key frames were given to the MLLM")
+    for f in frames:
+        if f.ndim != 3 or f.shape[2] != 3 or f.shape != frames[0].shape:
+            raise DecafError(
+                f"key frames must all be HxWx3 RGB of one size, got {f.shape} and {frames[0].shape}"
+            )
+    return frames
+
+
+def _cache_key(kind: str, size: tuple[int, int], frames: Sequence[np.ndarray]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{kind}:{size}:{len(frames)}:{frames[0].shape}".encode())
+    for f in frames:
+        digest.update(np.ascontiguousarray(f, dtype=np.uint8).data)
+    return digest.hexdigest()
