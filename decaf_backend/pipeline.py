@@ -188,7 +188,7 @@ class DecafPipeline:
             object_name = self.mllm.choose_object(prompt, candidates)
         report("mllm_object", 0.35)
         with _timed(timings, "mllm_background"):
-            bg_video, bg_frames = self.mllm.background(key_frames, object_name)
+            bg_video, bg_frames = self.mllm.background(key_frames, object_name, prompt)
         report("mllm_background", 0.55)
 
         with _timed(timings, "fusion"):

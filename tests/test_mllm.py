@@ -11,7 +11,7 @@ import torch
 
 from decaf_backend.config import DecafConfig
 from decaf_backend.errors import DecafError, ModelNotFoundError, PromptError
-from decaf_backend.mllm import load_mllm, prompts, resolve_device, resolve_dtype, rollout_to_map
+from decaf_backend.mllm import load_mllm, prompts, resolve_device, resolve_dtype
 from decaf_backend.mllm.base import MLLMAdapter
 from decaf_backend.mllm.loading import RANDOM_WEIGHTS_MARKER
 from decaf_backend.mllm.qwen import QwenVLAdapter, smart_resize, video_frame_size
@@ -87,20 +87,6 @@ def test_smart_resize_spec_examples() -> None:
     assert smart_resize(10, 10) == (56, 56)  # at least 4 tokens
     with pytest.raises(DecafError):
         smart_resize(1, 500)
-
-
-def test_rollout_to_map_is_batch_major_raster_order() -> None:
-    rollout = np.arange(2 * 10, dtype=np.float32).reshape(2, 10)
-    mask = np.zeros((2, 10), bool)
-    mask[:, 3:9] = True
-    out = rollout_to_map(rollout, mask, (2, 2, 3))
-    np.testing.assert_array_equal(out[0].ravel(), rollout[0, 3:9])
-    np.testing.assert_array_equal(out[1].ravel(), rollout[1, 3:9])
-    with pytest.raises(ValueError):
-        rollout_to_map(rollout, mask, (2, 3, 3))
-
-
-# ----- loading -----
 
 
 def test_missing_model_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

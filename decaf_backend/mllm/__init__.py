@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import MLLMAdapter, rollout_to_map
+from ..fusion import rollout_to_map
+from .base import MLLMAdapter
 from .loading import load_mllm, resolve_device, resolve_dtype, supported_model_types
 
 __all__ = [

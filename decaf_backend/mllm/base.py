@@ -13,7 +13,7 @@ import numpy as np
 
 from ..types import AttentionResult
 
-__all__ = ["MLLMAdapter", "rollout_to_map"]
+__all__ = ["MLLMAdapter"]
 
 
 @runtime_checkable
@@ -47,12 +47,3 @@ class MLLMAdapter(Protocol):
     ) -> tuple[AttentionResult, AttentionResult]:
         """Background prompts (§2 calls 4–5): prefill-only rollouts (captions are never used)."""
         ...
-
-
-def rollout_to_map(rollout: np.ndarray, visual_mask: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
-    """Spec §5: the visual entries of the rollout rows, batch-major, reshaped to the (t, h, w) token grid."""
-    values = np.asarray(rollout, dtype=np.float32)[np.asarray(visual_mask, dtype=bool)]
-    t, h, w = (int(x) for x in grid)
-    if values.size != t * h * w:
-        raise ValueError(f"{values.size} visual rollout entries do not fill a ({t}, {h}, {w}) grid")
-    return values.reshape(t, h, w)

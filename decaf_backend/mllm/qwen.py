@@ -24,10 +24,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..config import DecafConfig
 from ..errors import DecafError
+from ..fusion import rollout_to_map
 from ..rollout import rollout_last_row_from_qk
 from ..types import AttentionResult
 from . import prompts
-from .base import rollout_to_map
 from .qk_capture import capture_qk
 
 __all__ = ["QWEN_MODEL_TYPES", "QwenVLAdapter", "smart_resize", "video_frame_size"]
