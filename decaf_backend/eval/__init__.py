@@ -1,0 +1,1 @@
+"""Benchmark evaluation: official J&F metrics, dataset readers, the resumable runner and its CLI."""

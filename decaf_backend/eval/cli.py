@@ -1,0 +1,89 @@
+"""`python -m decaf_backend evaluate`: DecAF on every expression of a benchmark split, J / F / J&F table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .datasets import ALIASES, DATASETS, load_dataset
+from .runner import EvaluationRunner, OracleSegmenter, PipelineFactory, PngFolderSegmenter, format_table
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    dataset = load_dataset(args.dataset, args.root, args.split)
+    overrides = {k: v for k, v in (("num_key_frames", args.key_frames),) if v is not None}
+    factory = PipelineFactory(args.mllm, args.sam2, args.device, args.dtype, overrides)
+    if args.oracle:
+        source = "oracle"
+    elif args.predictions:
+        source = f"png:{Path(args.predictions).resolve()}"
+    else:
+        source = "decaf"
+    signature = {"segmenter": source, "mllm": args.mllm, "sam2": args.sam2, "config": overrides or None}
+    out = Path(args.out) if args.out else Path("outputs") / "eval" / f"{dataset.name}_{dataset.split}"
+    runner = EvaluationRunner(
+        dataset,
+        out,
+        save_masks=args.save_masks,
+        overlay=args.overlay,
+        signature=signature,
+        restart=args.restart,
+    )
+    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
+    if args.oracle or args.predictions:
+        segmenter = OracleSegmenter(dataset) if args.oracle else PngFolderSegmenter(args.predictions)
+        report = runner.run(segmenter=segmenter, limit=args.limit, progress=not args.quiet)
+    else:
+        report = runner.run(factory=factory, limit=args.limit, workers=args.workers, devices=devices,
+                            progress=not args.quiet)  # fmt: skip
+    print(format_table(report))
+    print(f"per-expression results: {report.csv_path}")
+    for record in report.failed[:5]:
+        print(f"  failed {record.video}/{record.exp_id}: {record.error}")
+    return 1 if report.failed else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `evaluate` to the `python -m decaf_backend` parser."""
+    names = ", ".join([*DATASETS, *ALIASES])
+    p = subparsers.add_parser(
+        "evaluate",
+        help="run DecAF on a referring/reasoning VOS benchmark and report J / F / J&F",
+        description="Segments every expression of a benchmark split (resumable: finished expressions are "
+        "cached under OUT/cache and skipped on a rerun), writes OUT/results.csv and prints the table. "
+        "Splits without public ground truth get OUT/submission/ (+ submission.zip) in the server's layout.",
+    )
+    p.add_argument("--dataset", required=True, help=f"benchmark: {names}")
+    p.add_argument("--root", required=True, help="the benchmark's folder (as published)")
+    p.add_argument("--split", default=None, help="split (defaults: ref-youtube-vos valid, ref-davis17 valid, "
+                   "mevis valid_u, revos valid, reasonvos test)")  # fmt: skip
+    p.add_argument("--limit", type=int, default=None, help="only the first N expressions")
+    p.add_argument("--out", default=None, help="output folder (default outputs/eval/<dataset>_<split>)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes, one GPU each (several GPUs on one machine)"
+    )
+    p.add_argument(
+        "--devices", default=None, help="GPU ids for the workers, e.g. 0,1,2,3 (default: 0..workers-1)"
+    )
+    p.add_argument(
+        "--mllm", default=None, help="hub id or local folder (default: $DECAF_MLLM or Qwen2.5-VL-7B)"
+    )
+    p.add_argument(
+        "--sam2", default=None, help="hub id, folder or checkpoint (default: $DECAF_SAM2 or SAM2.1-L)"
+    )
+    p.add_argument("--device", default=None, help="cuda / cpu (default: best available)")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--key-frames", type=int, default=None, help="key frames given to the MLLM (default 16)")
+    p.add_argument(
+        "--save-masks", action="store_true", help="also write OUT/predictions/<video>/<exp>/<frame>.png"
+    )
+    p.add_argument("--overlay", choices=["mp4", "gif"], default=None, help="write an overlay per expression")
+    p.add_argument(
+        "--oracle", action="store_true", help="score the ground truth itself (checks the dataset: 100)"
+    )
+    p.add_argument(
+        "--predictions", default=None, help="score existing PNGs <DIR>/<video>/<exp_id>/<frame>.png"
+    )
+    p.add_argument("--restart", action="store_true", help="forget cached results in OUT and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_evaluate)
