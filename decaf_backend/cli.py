@@ -19,11 +19,12 @@ def _segment(args: argparse.Namespace) -> int:
 
     from .config import DecafConfig
     from .overlay import save_indexed_png, write_overlay
-    from .pipeline import DecafPipeline, normalize_prompt
+    from .pipeline import DecafPipeline, check_video, normalize_prompt
     from .video import open_video
 
     prompt = normalize_prompt(args.prompt)  # fail before loading gigabytes of weights
     reader = open_video(args.video)
+    check_video(reader)
     config = DecafConfig.from_env(
         num_key_frames=args.key_frames,
         point_threshold=args.point_threshold,
@@ -133,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         "make-tiny-models", help="build tiny random-weight Qwen2.5-VL, Qwen2-VL and SAM2 checkpoints"
     )
     tiny.add_argument("dir", help="output folder (gets qwen2_5_vl/, qwen2_vl/, sam2/)")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--seed", type=int, default=None, help="one seed for all three (default: per-model seeds)"
+    )
     tiny.set_defaults(func=_make_tiny_models)
 
     for module in ("decaf_backend.eval.cli", "decaf_backend.export", "decaf_backend.backend.cli"):

@@ -17,7 +17,7 @@ from .errors import PromptError, PromptOutOfRangeError, VideoError
 from .fusion import coarse_masks, fuse_maps
 from .points import candidate_points
 from .tracking import VideoPredictor, segment_with_points
-from .types import Box, Click, FrameMasks, VideoSegmentation
+from .types import Box, Click, FrameMasks, VideoInfo, VideoSegmentation
 from .video import VideoReader, key_frame_indices, open_video
 
 DEFAULT_MLLM = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -33,6 +33,16 @@ def normalize_prompt(prompt: str | None) -> str:
     if not text:
         raise PromptError("the text prompt is empty: describe the object to segment")
     return text
+
+
+def check_video(reader: VideoReader) -> VideoInfo:
+    """The video facts, refusing clips DecAF cannot work on (before any model runs)."""
+    info = reader.info
+    if info.num_frames < 2:
+        raise VideoError(
+            f"{info.source or 'the video'} has {info.num_frames} frame(s): DecAF needs at least 2 frames"
+        )
+    return info
 
 
 @dataclass
@@ -173,11 +183,7 @@ class DecafPipeline:
 
         with _timed(timings, "video"):
             reader = video if isinstance(video, VideoReader) else open_video(video)
-            info = reader.info
-            if info.num_frames < 2:
-                raise VideoError(
-                    f"{info.source or 'the video'} has {info.num_frames} frame(s): DecAF needs at least 2 frames"
-                )
+            info = check_video(reader)
             key_indices = key_frame_indices(info.num_frames, cfg.num_key_frames)
             key_frames = reader.read_frames(key_indices)
         report("video", 0.05)

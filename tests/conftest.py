@@ -23,7 +23,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random Qwen2.5-VL, Qwen2-VL and SAM2 checkpoints, made through the CLI's own builder."""
     from decaf_backend.tiny_models import make_tiny_models
 
-    return make_tiny_models(tmp_path_factory.mktemp("tiny_models"), seed=0)
+    return make_tiny_models(tmp_path_factory.mktemp("tiny_models"))
 
 
 def moving_disc_frames(num_frames: int, height: int, width: int, radius: int | None = None) -> np.ndarray:

@@ -84,7 +84,7 @@ def test_segment_on_a_frame_folder_with_qwen2_vl(tiny_models, tmp_path):
     [
         ("missing", "not found"),
         ("garbage", "cannot be read"),
-        ("empty_file", "cannot be read"),
+        ("empty_file", "empty (0 bytes)"),
         ("one_frame", "at least 2 frames"),
     ],
 )
