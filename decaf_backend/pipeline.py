@@ -63,6 +63,7 @@ class CorrectionSession:
     _state: Any = None
     _applied: int = 0  # number of (clicks + boxes) rounds already inside _state
     _rounds: list[tuple[list[Click], list[Box]]] = field(default_factory=list)
+    _masks: FrameMasks | None = None  # the masks after the last propagation
 
     def add(self, clicks: Sequence[Click], boxes: Sequence[Box]) -> bool:
         """Remember new prompts; clicks already known (same frame, place and sign) are ignored.
@@ -83,6 +84,8 @@ class CorrectionSession:
     def propagate(self) -> FrameMasks:
         """Bring the SAM2 state up to date with every remembered prompt and return masks for all frames."""
         predictor = self.predictor
+        if self._masks is not None and self._applied == len(self._rounds):
+            return self._masks  # nothing new: propagating again would only cost time
         if self._state is None:
             self._state = predictor.init_state(self.frames)
             self._applied = 0
@@ -95,7 +98,8 @@ class CorrectionSession:
         for clicks, boxes in self._rounds[self._applied :]:
             self._apply_round(clicks, boxes)
         self._applied = len(self._rounds)
-        return self._collect()
+        self._masks = self._collect()
+        return self._masks
 
     def _apply_round(self, clicks: Sequence[Click], boxes: Sequence[Box]) -> None:
         frames = sorted({c.frame for c in clicks} | {b.frame for b in boxes})
@@ -219,7 +223,8 @@ class DecafPipeline:
         prompt_masks = _merge_prompt_masks(tracking.selected_video_frame_indices, tracking.selected_masks)
         final_scores = [float(s) for s in np.asarray(tracking.final_scores).ravel()]
         scores = {
-            "score": max(final_scores) if final_scores else 0.0,
+            # Label Studio shows the score as a percentage; AC can make a final score negative
+            "score": min(1.0, max(0.0, max(final_scores))) if final_scores else 0.0,
             "final_scores": final_scores,
             "ac_scores": [float(s) for s in np.asarray(tracking.ac_scores).ravel()],
             "tracklet_scores": [float(s) for s in np.asarray(tracking.tracklet_scores).ravel()],

@@ -205,6 +205,13 @@ class _IoURecorder:
         model._forward_sam_heads = forward_sam_heads
 
 
+def _inputs_to_float32(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def cast(value: Any) -> Any:
+        return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+
 # ------------------------------------------------------------------------------------------------ predictor
 
 
@@ -237,6 +244,10 @@ class Sam2VideoPredictor:
         self.image_cache_size = image_cache_size
         self._iou = _IoURecorder(model)
         self._lock = threading.RLock()
+        if self.dtype is None:
+            # sam2 always stores memory features in bf16; without autocast (fp32 runs, CPU) memory attention
+            # would then mix bf16 inputs with fp32 weights whenever no fp32 object pointer joins the memory
+            model.memory_attention.register_forward_pre_hook(_inputs_to_float32, with_kwargs=True)
 
     def __repr__(self) -> str:
         dtype = str(self.dtype).replace("torch.", "") if self.dtype else "float32"

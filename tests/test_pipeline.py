@@ -1,0 +1,111 @@
+"""DecAF end to end on tiny models, then annotator corrections on the live SAM2 session."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from decaf_backend.errors import PromptError, PromptOutOfRangeError
+from decaf_backend.pipeline import DecafPipeline
+from decaf_backend.types import Box, Click
+from decaf_backend.video import open_video
+
+
+class CountingAdapter:
+    """Wraps the real adapter to count MLLM calls (corrections must not run the MLLM)."""
+
+    def __init__(self, adapter):
+        self.adapter, self.calls = adapter, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self.adapter, name)
+        if callable(attr):
+
+            def counted(*args, **kwargs):
+                self.calls += 1
+                return attr(*args, **kwargs)
+
+            return counted
+        return attr
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_models):
+    pipe = DecafPipeline.from_pretrained(str(tiny_models["qwen2_5_vl"]), str(tiny_models["sam2"]))
+    pipe.mllm = CountingAdapter(pipe.mllm)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def segmentation(pipeline, synthetic_video):
+    return pipeline.segment(synthetic_video, "the red ball rolling to the right")
+
+
+def test_segment_gives_masks_on_every_frame(segmentation, synthetic_video):
+    reader = open_video(synthetic_video)
+    info = reader.info
+    assert segmentation.random_weights
+    assert len(segmentation.masks) == info.num_frames
+    assert all(m.shape == (info.height, info.width) for m in segmentation.masks)
+    assert segmentation.coarse_masks.shape == (len(segmentation.key_frame_indices), info.height, info.width)
+    assert segmentation.points and segmentation.prompt_frames
+    assert set(segmentation.prompt_frames) <= set(segmentation.key_frame_indices)
+    assert 0.0 <= segmentation.score <= 1.0
+    assert sum(int(m.sum()) for m in segmentation.masks) > 0, (
+        "the tiny SAM2 gives non-empty masks from prompts"
+    )
+
+
+def test_clicks_on_a_middle_frame_refine_all_frames_without_the_mllm(pipeline, segmentation):
+    calls_before = pipeline.mllm.calls
+    info = segmentation.video
+    middle = info.num_frames // 2
+    before = segmentation.masks[middle]
+    # a negative click inside the current mask (or anywhere) and a positive one elsewhere
+    ys, xs = (
+        np.nonzero(before) if before.any() else (np.array([info.height // 2]), np.array([info.width // 2]))
+    )
+    neg = Click(middle, float(xs[len(xs) // 2]) + 0.5, float(ys[len(ys) // 2]) + 0.5, positive=False)
+    pos = Click(middle, info.width * 0.1, info.height * 0.1, positive=True)
+    refined = pipeline.refine(segmentation, [pos, neg])
+
+    assert pipeline.mllm.calls == calls_before
+    assert len(refined.masks) == info.num_frames
+    assert not np.array_equal(refined.masks[middle], before)
+    assert refined.session is segmentation.session and refined.session.clicks == [pos, neg]
+    assert "refine" in refined.timings
+
+    # resending the same clicks (as Label Studio does) adds nothing and changes nothing
+    again = pipeline.refine(refined, [pos, neg])
+    assert again.session.clicks == [pos, neg]
+    assert all(np.array_equal(a, b) for a, b in zip(again.masks, refined.masks))
+
+
+def test_a_rebuilt_session_replays_the_clicks(pipeline, segmentation, synthetic_video):
+    info = segmentation.video
+    middle = info.num_frames // 2
+    clicks = [Click(middle, info.width * 0.5, info.height * 0.5), Click(middle, 3.0, 3.0, positive=False)]
+    box = Box(middle + 2, 10, 10, info.width / 2, info.height / 2)
+    live = pipeline.refine(
+        replace(segmentation, session=pipeline.rebuild_session(segmentation, synthetic_video)), clicks
+    )
+    live = pipeline.refine(live, boxes=[box])
+
+    cold = replace(segmentation, session=None)
+    rebuilt = pipeline.refine(cold, clicks, video=synthetic_video)
+    rebuilt = pipeline.refine(rebuilt, boxes=[box])
+    assert all(np.array_equal(a, b) for a, b in zip(live.masks, rebuilt.masks))
+
+
+def test_bad_prompts_and_clicks_are_refused(pipeline, segmentation, synthetic_video):
+    with pytest.raises(PromptError, match="empty"):
+        pipeline.segment(synthetic_video, "  ")
+    info = segmentation.video
+    with pytest.raises(PromptOutOfRangeError, match="outside"):
+        pipeline.refine(segmentation, [Click(0, info.width + 5, 1)])
+    with pytest.raises(PromptOutOfRangeError, match="outside the video"):
+        pipeline.refine(segmentation, [Click(info.num_frames, 1, 1)])
+    with pytest.raises(PromptOutOfRangeError, match="no area"):
+        pipeline.refine(segmentation, boxes=[Box(0, 10, 10, 5, 20)])
