@@ -69,3 +69,7 @@ def synthetic_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An mp4 with an odd number of frames and a non-square size (a moving red disc)."""
     path = tmp_path_factory.mktemp("videos") / "disc_odd.mp4"
     return encode_video(path, moving_disc_frames(21, 96, 160))
+
+
+# the real Label Studio server, started once per test session (see tests/ls_server.py)
+from tests.ls_fixtures import label_studio_fixture  # noqa: E402, F401

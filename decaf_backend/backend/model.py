@@ -1,0 +1,368 @@
+"""The Label Studio model class, in the 2.x ML backend's shape: `setup()`, `predict(tasks, context)`, `fit(event, data)`.
+
+- Pre-annotation (`context` empty): each task is a background job (jobs.py); the reply holds the finished ones.
+- Correction (`context` with clicks/boxes): the clicks/boxes go into the object's SAM2 session (no MLLM pass), the
+  whole video is propagated again and every frame's mask comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from ..errors import PromptError
+from ..types import Box, FrameMasks, VideoInfo, VideoSegmentation
+from .context import Frame, ObjectPrompts, is_interactive, parse_prompts
+from .errors import LabelConfigError, RequestError
+from .jobs import DONE, FAILED, Job
+from .media import Media, media_key
+from .results import (
+    VideoClock,
+    brush_items,
+    mask_bbox,
+    masks_from_brush_items,
+    prediction,
+    region_id,
+    track_boxes,
+    track_item,
+)
+from .runtime import Runtime, get_runtime
+from .schema import ObjectSpec, Schema, parse_schema
+
+log = logging.getLogger(__name__)
+
+
+def project_id_of(project: Any) -> int | None:
+    """Label Studio sends the project as "<id>.<created_at epoch>"."""
+    if isinstance(project, int):
+        return project
+    if isinstance(project, str) and project.split(".")[0].isdigit():
+        return int(project.split(".")[0])
+    return None
+
+
+class DecafVideoModel:
+    """One instance per request; models, sessions and jobs live in the process-wide Runtime."""
+
+    def __init__(
+        self, project_id: Any = None, label_config: str | None = None, runtime: Runtime | None = None
+    ):
+        self.project_id = project_id_of(project_id)
+        self.label_config = label_config
+        self.runtime = runtime or get_runtime()
+        self.settings = self.runtime.settings
+        self.schema: Schema | None = None
+        self.setup()
+
+    def setup(self) -> None:
+        """Cheap (Label Studio calls /setup before every predict, 3 s timeout): parse the config, no model work."""
+        if self.label_config:
+            self.schema = parse_schema(self.label_config)
+
+    @property
+    def model_version(self) -> str:
+        return self.settings.model_version
+
+    def _schema(self) -> Schema:
+        if self.schema is None:
+            raise LabelConfigError("the request carries no labeling config")
+        return self.schema
+
+    # predict -------------------------------------------------------------------------------------------------
+    def predict(self, tasks: Sequence[Any], context: Any = None, **kwargs: Any) -> list[Any]:
+        """Per task, in order: a prediction dict, or [] when it is still being computed (posted later)."""
+        self._schema()
+        if is_interactive(context):
+            if len(tasks) != 1 or not isinstance(tasks[0], Mapping):
+                raise RequestError(f"a correction request must carry exactly one task, not {len(tasks)}")
+            return [self.correct(tasks[0], context)]
+        return self.prefill(tasks)
+
+    def prefill(self, tasks: Sequence[Any]) -> list[Any]:
+        out: list[Any] = [None] * len(tasks)
+        pending: list[tuple[int, Job]] = []
+        for i, task in enumerate(tasks):
+            if not isinstance(task, Mapping) or "id" not in task:
+                raise RequestError("every task must be an object with an 'id'")
+            out[i] = self.cached_prediction(task)
+            if out[i] is None:
+                key = ("task", self.project_id, task["id"], _digest(task.get("data"), self.label_config))
+                run = partial(self.predict_task, task)
+                pending.append((i, self.runtime.jobs.submit(key, task["id"], run, self.project_id)))
+        wait = self.settings.open_wait_s if len(tasks) == 1 else self.settings.batch_wait_s
+        if self.runtime.credentials(self.project_id) is None:
+            # nothing could be posted later: wait as long as Label Studio does
+            wait = max(wait, self.settings.interactive_wait_s)
+        self.runtime.jobs.wait([job for _, job in pending], wait)
+        for i, job in pending:
+            out[i] = self._reply_for(job)
+        return out
+
+    def _reply_for(self, job: Job) -> Any:
+        settled = self.runtime.jobs.settle(job)
+        if settled.state == DONE:
+            return settled.prediction
+        if settled.state == FAILED:
+            log.warning("task %s: empty prediction because %s", job.task_id, settled.error)
+            self.runtime.metrics.inc("task_failures_total")
+            return prediction([], 0.0, self.model_version)
+        log.info("task %s: still computing; its prediction will be posted to Label Studio", job.task_id)
+        self.runtime.metrics.inc("predictions_deferred_total")
+        return []
+
+    def predict_task(self, task: Mapping[str, Any]) -> dict[str, Any]:
+        """The full pre-annotation of one task (every object, every frame); runs in the job worker."""
+        media = self._media(task)
+        objects = self._schema().objects(task, None, self.settings.prompt_field)
+        segs = [self.segmentation(task, media, obj) for obj in objects]
+        self.runtime.metrics.inc("tasks_predicted_total")
+        return self._assemble(objects, segs)
+
+    def cached_prediction(self, task: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The task's prediction when every object is already segmented (cache or disk); no download, no model."""
+        try:
+            objects = self._schema().objects(task, None, self.settings.prompt_field)
+        except PromptError:
+            return None
+        segs = [self._known(self._seg_key(task, obj)) for obj in objects]
+        if any(seg is None for seg in segs):
+            return None
+        return self._assemble(objects, segs)
+
+    def _assemble(self, objects: Sequence[ObjectSpec], segs: Sequence[VideoSegmentation]) -> dict[str, Any]:
+        results = [
+            item for obj, seg in zip(objects, segs) for item in self._results(seg.masks, obj, seg.video)
+        ]
+        score = float(np.mean([seg.score for seg in segs])) if segs else 0.0
+        return prediction(results, score, self.model_version)
+
+    def segmentation(self, task: Mapping[str, Any], media: Media, obj: ObjectSpec) -> VideoSegmentation:
+        """The object's DecAF segmentation: from the cache, the disk store, or one MLLM + SAM2 run."""
+        key = self._seg_key(task, obj)
+        seg = self._known(key)
+        if seg is not None:
+            return seg
+        with self.runtime.model_lock:
+            seg = self.runtime.cache.get(key)
+            if seg is None:
+                self.runtime.metrics.inc("segment_runs_total")
+                seg = self.runtime.pipeline().segment(media.reader, obj.prompt)
+                self._keep(key, seg)
+        return seg
+
+    # corrections ---------------------------------------------------------------------------------------------
+    def correct(self, task: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+        schema = self._schema()
+        media = self._media(task)
+        info = media.info
+        frame = Frame(info.num_frames, info.width, info.height)
+        clock = VideoClock(info.fps, schema.framerate, info.num_frames) if schema.layout == "video" else None
+        try:
+            objects = schema.objects(task, context, self.settings.prompt_field)
+        except PromptError:  # no prompt yet: clicks alone still drive SAM2
+            objects = [ObjectSpec(label, "") for label in schema.labels] or [ObjectSpec(None, "")]
+        running = self.runtime.jobs.active_for_task(task.get("id"))
+        if running:  # the task's pre-annotation is being computed: correct that, not an empty start
+            self.runtime.jobs.wait(running, self.settings.interactive_wait_s)
+        shown: dict[ObjectSpec, tuple[VideoSegmentation | None, dict[int, Box]]] = {}
+
+        def reference(obj: ObjectSpec) -> tuple[VideoSegmentation | None, dict[int, Box]]:
+            """What the annotator sees of an object: our masks, else the stored prediction's masks or track."""
+            if obj not in shown:
+                seg = self._known(self._seg_key(task, obj))
+                if seg is None and schema.layout == "frames":
+                    seg = self._stored_masks(task, media, obj)
+                boxes = self._stored_track_boxes(task, media, obj) if seg is None else {}
+                shown[obj] = (seg, boxes)
+            return shown[obj]
+
+        def known_box(label: str | None, index: int) -> Box | None:
+            seg, boxes = reference(next((o for o in objects if o.label == label), objects[0]))
+            if seg is None:
+                return boxes.get(index)
+            box = mask_bbox(seg.masks[index])
+            return Box(index, *box) if box is not None else None
+
+        groups = parse_prompts(context, schema, frame, clock, known_box)
+        results: list[dict[str, Any]] = []
+        scores = []
+        for group in groups:
+            obj = self._pick_object(group, objects, lambda o: reference(o)[0])
+            seg, seeds = self._session_start(task, media, obj)
+            with self.runtime.model_lock:
+                self.runtime.metrics.inc("refine_runs_total")
+                seg = self.runtime.pipeline().refine(
+                    seg, group.clicks, [*seeds, *group.boxes], video=media.reader
+                )
+                self._keep(self._seg_key(task, obj), seg)
+            results.extend(self._results(seg.masks, obj, seg.video))
+            scores.append(seg.score)
+        if not groups:
+            log.info("task %s: the context holds no new click or box; nothing to correct", task.get("id"))
+        return prediction(results, float(np.mean(scores)) if scores else 0.0, self.model_version)
+
+    @staticmethod
+    def _pick_object(
+        group: ObjectPrompts,
+        objects: list[ObjectSpec],
+        current: Callable[[ObjectSpec], VideoSegmentation | None],
+    ) -> ObjectSpec:
+        """A labelled prompt goes to its label's object; a generic one to the object whose mask it hits."""
+        if group.label is not None:
+            return next((o for o in objects if o.label == group.label), ObjectSpec(group.label, ""))
+        if len(objects) == 1:
+            return objects[0]
+        for obj in objects:
+            seg = current(obj)
+            if seg is None:
+                continue
+            h, w = seg.masks.height, seg.masks.width
+            points = [(c.frame, c.x, c.y) for c in group.clicks]
+            points += [(b.frame, (b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2) for b in group.boxes]
+            if any(seg.masks[f][min(int(y), h - 1), min(int(x), w - 1)] for f, x, y in points):
+                return obj
+        return objects[0]
+
+    def _session_start(
+        self, task: Mapping[str, Any], media: Media, obj: ObjectSpec
+    ) -> tuple[VideoSegmentation, list[Box]]:
+        """What a correction refines, never running the MLLM: the object's segmentation (cache, disk), else the
+        task's stored prediction (frames: its masks; video: its largest box as a seed prompt), else nothing."""
+        seg = self._known(self._seg_key(task, obj))
+        if seg is not None:
+            return seg, []
+        if self._schema().layout == "frames":
+            return self._stored_masks(task, media, obj) or _empty_segmentation(obj, media), []
+        boxes = self._stored_track_boxes(task, media, obj)
+        largest = max(boxes.values(), key=lambda b: (b.x1 - b.x0) * (b.y1 - b.y0), default=None)
+        return _empty_segmentation(obj, media), [largest] if largest is not None else []
+
+    def _stored_items(self, task: Mapping[str, Any], obj: ObjectSpec) -> list[Mapping[str, Any]]:
+        """The object's result items in the task's latest prediction of this model version."""
+        ours = [
+            p
+            for p in task.get("predictions") or []
+            if isinstance(p, Mapping) and p.get("model_version") == self.model_version
+        ]
+        if not ours:
+            return []
+        latest = max(ours, key=lambda p: (str(p.get("created_at") or ""), p.get("id") or 0))
+        name = self._schema().output_name
+        return [
+            r
+            for r in latest.get("result") or []
+            if isinstance(r, Mapping) and r.get("from_name") == name and _is_object_item(r, obj)
+        ]
+
+    def _stored_track_boxes(self, task: Mapping[str, Any], media: Media, obj: ObjectSpec) -> dict[int, Box]:
+        items = self._stored_items(task, obj) if self._schema().layout == "video" else []
+        if not items:
+            return {}
+        info = media.info
+        try:
+            return track_boxes(
+                items[0],
+                VideoClock(info.fps, self._schema().framerate, info.num_frames),
+                info.width,
+                info.height,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("task %s: stored track unusable (%s)", task.get("id"), exc)
+            return {}
+
+    def _stored_masks(
+        self, task: Mapping[str, Any], media: Media, obj: ObjectSpec
+    ) -> VideoSegmentation | None:
+        items = self._stored_items(task, obj)
+        if not items:
+            return None
+        info = media.info
+        try:
+            masks = masks_from_brush_items(items, info.num_frames, info.height, info.width)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("task %s: stored masks unusable (%s)", task.get("id"), exc)
+            return None
+        return _empty_segmentation(obj, media, masks)
+
+    # webhooks ------------------------------------------------------------------------------------------------
+    def fit(self, event: str, data: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Training-free: annotation events only matter when they carry a new TextArea prompt to segment."""
+        if event not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            return {"status": "ignored", "reason": f"DecAF is training-free; nothing to do for {event}"}
+        schema = self.schema
+        task = data.get("task")
+        annotation = data.get("annotation") or {}
+        if (
+            schema is None
+            or schema.textarea_name is None
+            or not isinstance(task, Mapping)
+            or "id" not in task
+        ):
+            return {"status": "ignored", "reason": "no prompt TextArea in this project"}
+        task = dict(task, annotations=[annotation], drafts=[])
+        try:
+            objects = schema.objects(task, None, self.settings.prompt_field)
+        except PromptError as exc:
+            return {"status": "ignored", "reason": str(exc)}
+        if self.cached_prediction(task) is not None:  # an update that kept the prompt: nothing new to segment
+            return {"status": "ignored", "reason": "already segmented for this prompt"}
+        key = ("webhook", self.project_id, task["id"], tuple((o.label, o.prompt) for o in objects))
+        run = partial(self.predict_task, task)
+        self.runtime.jobs.submit(key, task["id"], run, self.project_id, deferred=True, replace_ok=True)
+        return {"status": "queued", "task": task["id"], "prompts": [o.prompt for o in objects]}
+
+    # helpers -------------------------------------------------------------------------------------------------
+    def _media(self, task: Mapping[str, Any]) -> Media:
+        return self.runtime.media.open(task, self._schema(), self.runtime.credentials(self.project_id))
+
+    def _seg_key(self, task: Mapping[str, Any], obj: ObjectSpec) -> tuple:
+        return (self.project_id, task.get("id"), media_key(self._schema(), task), obj.label, obj.prompt)
+
+    def _known(self, key: tuple) -> VideoSegmentation | None:
+        seg = self.runtime.cache.get(key)
+        if seg is None:
+            seg = self.runtime.store.load(key)
+            if seg is not None:
+                self.runtime.cache.put(key, seg)
+        return seg
+
+    def _keep(self, key: tuple, seg: VideoSegmentation) -> None:
+        self.runtime.cache.put(key, seg)
+        self.runtime.store.save(key, seg)
+
+    def _results(self, masks: FrameMasks, obj: ObjectSpec, info: VideoInfo) -> list[dict[str, Any]]:
+        schema = self._schema()
+        if schema.layout == "frames":
+            return brush_items(masks, obj, schema, skip_empty=self.settings.skip_empty_masks)
+        item = track_item(masks, obj, schema, VideoClock(info.fps, schema.framerate, info.num_frames))
+        return [item] if item is not None else []
+
+
+def _empty_segmentation(obj: ObjectSpec, media: Media, masks: FrameMasks | None = None) -> VideoSegmentation:
+    """A segmentation with no DecAF run behind it (clicks only, or masks read back from Label Studio)."""
+    info = media.info
+    return VideoSegmentation(
+        prompt=obj.prompt,
+        object_name=obj.label or "",
+        video=info,
+        key_frame_indices=[],
+        masks=masks if masks is not None else FrameMasks(info.num_frames, info.height, info.width),
+    )
+
+
+def _is_object_item(item: Mapping[str, Any], obj: ObjectSpec) -> bool:
+    if str(item.get("id", "")).startswith(region_id(obj)):
+        return True
+    value = item.get("value") or {}
+    labels = value.get("brushlabels") or value.get("labels") or []
+    return obj.label is not None and labels == [obj.label]
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,185 @@
+"""The process-wide state of the backend: models (loaded once), caches, the job queue, Label Studio access.
+
+Label Studio's 2.x ML backends build a new model object per request; the heavy parts therefore live here, in one
+module-level singleton (`get_runtime()`), shared by every request thread. Run ONE server process (threads are fine):
+sessions live in this process's memory and the GPU is used one job at a time (`model_lock`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .jobs import Job, JobQueue
+from .media import MediaFetcher
+from .metrics import Metrics
+from .session_cache import SessionCache, estimate_bytes
+from .settings import Settings
+from .store import SegmentationStore
+
+log = logging.getLogger(__name__)
+
+PipelineFactory = Callable[[Settings], Any]
+
+
+def default_pipeline_factory(settings: Settings) -> Any:
+    from ..pipeline import DecafPipeline
+
+    return DecafPipeline.from_pretrained(
+        mllm=settings.mllm or None,
+        sam2=settings.sam2 or None,
+        device=settings.device or None,
+        dtype=settings.dtype or None,
+    )
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline_factory: PipelineFactory = default_pipeline_factory,
+        open_video: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._factory = pipeline_factory
+        self._pipeline: Any = None
+        self._load_error: BaseException | None = None
+        self._load_lock = threading.Lock()
+        self.model_lock = threading.RLock()  # one model call at a time: segment, refine
+        self.cache = SessionCache(
+            int(settings.session_cache_mb * 2**20),
+            lambda seg: estimate_bytes(seg, settings.session_bytes_per_frame),
+        )
+        self.store = SegmentationStore(settings.model_dir / "segmentations")
+        self.media = MediaFetcher(settings, open_video)
+        self.jobs = JobQueue(self._deliver)
+        self.metrics = Metrics()
+        self._setup_credentials: dict[Any, tuple[str, str]] = {}
+        self._clients: dict[tuple[str, str], Any] = {}
+
+    # models -----------------------------------------------------------------------------------------------
+    @property
+    def pipeline_loaded(self) -> bool:
+        return self._pipeline is not None
+
+    def pipeline(self) -> Any:
+        """The DecAF pipeline, loaded on first use (once per process; a failed load is retried next time)."""
+        if self._pipeline is None:
+            with self._load_lock:
+                if self._pipeline is None:
+                    log.info("loading the DecAF models ...")
+                    try:
+                        self._pipeline = self._factory(self.settings)
+                    except BaseException as exc:
+                        self._load_error = exc
+                        raise
+                    self._load_error = None
+                    log.info("models loaded")
+        return self._pipeline
+
+    def preload_in_background(self) -> threading.Thread:
+        def load() -> None:
+            try:
+                self.pipeline()
+            except Exception:
+                log.exception("model loading failed; requests will retry it")
+
+        thread = threading.Thread(target=load, name="decaf-preload", daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def load_error(self) -> str | None:
+        return None if self._load_error is None else f"{type(self._load_error).__name__}: {self._load_error}"
+
+    # Label Studio access ---------------------------------------------------------------------------------
+    def remember_setup(self, project: Any, hostname: str | None, access_token: str | None) -> None:
+        """/setup carries the connecting user's token; used only when LABEL_STUDIO_URL/API_KEY are not set."""
+        if hostname and access_token:
+            self._setup_credentials[project] = (hostname, access_token)
+
+    def credentials(self, project: Any) -> tuple[str, str] | None:
+        s = self.settings
+        if s.label_studio_url and s.label_studio_api_key:
+            return s.label_studio_url, s.label_studio_api_key
+        found = self._setup_credentials.get(project)
+        if found and s.label_studio_url:  # prefer the configured URL: /setup's hostname can be "localhost"
+            return s.label_studio_url, s.label_studio_api_key or found[1]
+        return found
+
+    def _client(self, project: Any) -> Any:
+        creds = self.credentials(project)
+        if creds is None:
+            raise RuntimeError(
+                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not set: cannot post predictions"
+            )
+        if creds not in self._clients:
+            from label_studio_sdk import LabelStudio
+
+            self._clients[creds] = LabelStudio(base_url=creds[0], api_key=creds[1], timeout=60)
+        return self._clients[creds]
+
+    def post_prediction(
+        self, project: Any, task_id: Any, prediction: dict[str, Any], replace_ok: bool = False
+    ) -> bool:
+        """Store a prediction through the API unless the task already has one of this model version."""
+        client = self._client(project)
+        version = prediction.get("model_version")
+        if not replace_ok and any(
+            p.model_version == version for p in client.predictions.list(task=int(task_id))
+        ):
+            log.info("task %s already has a %s prediction: not posting another", task_id, version)
+            return False
+        client.predictions.create(
+            task=int(task_id),
+            result=prediction["result"],
+            score=prediction.get("score"),
+            model_version=version,
+        )
+        self.metrics.inc("predictions_posted_total")
+        return True
+
+    def _deliver(self, job: Job) -> None:
+        if job.prediction is not None:
+            self.post_prediction(job.project, job.task_id, job.prediction, replace_ok=job.replace_ok)
+
+    # state for /metrics and /health ---------------------------------------------------------------------
+    def gauges(self) -> dict[str, float]:
+        stats = self.cache.stats
+        jobs = self.jobs.stats()
+        return {
+            "model_loaded": float(self.pipeline_loaded),
+            "session_cache_entries": stats.entries,
+            "session_cache_bytes": stats.bytes,
+            "session_cache_budget_bytes": self.cache.max_bytes,
+            "session_cache_hits_total": stats.hits,
+            "session_cache_misses_total": stats.misses,
+            "session_cache_evictions_total": stats.evictions,
+            "jobs_queued": jobs["queued"],
+            "jobs_running": jobs["running"],
+            "jobs_unsettled": jobs["unsettled"],
+            "jobs_delivered_total": jobs["delivered"],
+            "jobs_delivery_failures_total": jobs["delivery_failures"],
+        }
+
+
+_RUNTIME: Runtime | None = None
+_RUNTIME_LOCK = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The process's Runtime, made from the environment on first use."""
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        if _RUNTIME is None:
+            _RUNTIME = Runtime(Settings.from_env())
+        return _RUNTIME
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install a runtime (the server factory and tests do this)."""
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        _RUNTIME = runtime

@@ -1,0 +1,160 @@
+"""The Flask app: Label Studio's ML backend routes /health, /setup, /predict, /webhook, plus /metrics.
+
+Basic auth (BASIC_AUTH_USER/PASS) guards every route but /health. Label Studio sends annotation webhooks without it,
+so /webhook also accepts the header `X-Webhook-Secret: $WEBHOOK_SECRET` (set it on the webhook in Label Studio).
+Errors come back as JSON `{"error": "..."}` with 400 (malformed request), 422 (unusable task/prompt/clicks) or 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ..errors import DecafError
+from .errors import LabelConfigError, RequestError
+from .model import DecafVideoModel, project_id_of
+from .runtime import Runtime, get_runtime, set_runtime
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+
+
+def create_app(
+    runtime: Runtime | None = None, model_class: Callable[..., DecafVideoModel] = DecafVideoModel
+) -> Flask:
+    """The WSGI app. `runtime` defaults to the process singleton made from the environment."""
+    if runtime is not None:
+        set_runtime(runtime)
+    runtime = runtime or get_runtime()
+    settings = runtime.settings
+    app = Flask("decaf_backend")
+    app.json.sort_keys = False
+
+    @app.before_request
+    def check_auth() -> Any:
+        request.environ["decaf.start"] = time.perf_counter()
+        if request.path == "/health" or not settings.basic_auth_user:
+            return None
+        if request.path == "/webhook" and settings.webhook_secret:
+            given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
+            if given and hmac.compare_digest(given, settings.webhook_secret):
+                return None
+        auth = request.authorization
+        if (
+            auth is not None
+            and auth.type == "basic"
+            and hmac.compare_digest(auth.username or "", settings.basic_auth_user)
+            and hmac.compare_digest(auth.password or "", settings.basic_auth_pass)
+        ):
+            return None
+        runtime.metrics.inc("unauthorized_total", route=request.path)
+        return Response(
+            '{"error": "authentication required"}',
+            401,
+            {"WWW-Authenticate": 'Basic realm="decaf"', "Content-Type": "application/json"},
+        )
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        start = request.environ.get("decaf.start")
+        runtime.metrics.inc("requests_total", route=request.path, status=str(response.status_code))
+        if start is not None:
+            runtime.metrics.inc("request_seconds_total", time.perf_counter() - start, route=request.path)
+        return response
+
+    @app.errorhandler(Exception)
+    def on_error(exc: Exception) -> Any:
+        if isinstance(exc, HTTPException):
+            return jsonify(error=exc.description), exc.code
+        if isinstance(exc, (RequestError, LabelConfigError)):
+            status = 400
+        elif isinstance(exc, DecafError):
+            status = 422
+        else:
+            log.exception("unexpected error on %s", request.path)
+            status = 500
+        log.warning("%s %s -> %d: %s", request.method, request.path, status, exc)
+        return jsonify(error=str(exc) or type(exc).__name__), status
+
+    @app.get("/health")
+    def health() -> Any:
+        return jsonify(
+            status="UP",
+            model_class=model_class.__name__,
+            model_version=settings.model_version,
+            model_loaded=runtime.pipeline_loaded,
+            load_error=runtime.load_error,
+        )
+
+    @app.post("/setup")
+    def setup() -> Any:
+        body = _json_body()
+        project = project_id_of(body.get("project"))
+        runtime.remember_setup(project, body.get("hostname"), body.get("access_token"))
+        model = model_class(project, body.get("schema"), runtime=runtime)
+        return jsonify(model_version=model.model_version)
+
+    @app.post("/predict")
+    def predict() -> Any:
+        body = _json_body()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise RequestError("'tasks' must be a non-empty list of Label Studio tasks")
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise RequestError("'params' must be an object")
+        model = model_class(body.get("project"), body.get("label_config"), runtime=runtime)
+        results = model.predict(tasks, context=params.get("context"))
+        runtime.metrics.inc("tasks_requested_total", len(tasks))
+        return jsonify(results=results, model_version=model.model_version)
+
+    @app.post("/webhook")
+    def webhook() -> Any:
+        body = _json_body()
+        event = body.get("action")
+        if not isinstance(event, str):
+            raise RequestError("a webhook body needs an 'action'")
+        project = body.get("project") if isinstance(body.get("project"), dict) else {}
+        model = model_class(project.get("id"), project.get("label_config"), runtime=runtime)
+        return jsonify(model.fit(event, body)), 201
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        return Response(runtime.metrics.render(runtime.gauges()), mimetype="text/plain; version=0.0.4")
+
+    return app
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    return body
+
+
+def serve(settings: Settings, runtime: Runtime | None = None) -> None:
+    """Run the app in one process with threads (sessions live in this process; see runtime.py)."""
+    from werkzeug.serving import make_server
+
+    runtime = runtime or Runtime(settings)
+    if settings.preload:
+        runtime.preload_in_background()
+    app = create_app(runtime)
+    server = make_server(settings.host, settings.port, app, threaded=True)
+    log.info(
+        "DecAF ML backend on http://%s:%d (model version %s)",
+        settings.host,
+        settings.port,
+        settings.model_version,
+    )
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

@@ -1,0 +1,204 @@
+"""Test doubles for the Label Studio backend's protocol tests (no models): a colour segmenter with the pipeline's
+segment/refine surface, synthetic frames, and a local HTTP server standing in for Label Studio's media and
+prediction API (token-checked like the real one).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+from PIL import Image
+
+from decaf_backend.errors import PromptError, VideoError
+from decaf_backend.types import FrameMasks, VideoSegmentation
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+TOLERANCE = 60  # max per-channel distance for "the same colour"
+
+
+def disc_and_square_frames(num_frames: int = 6, height: int = 48, width: int = 64) -> np.ndarray:
+    """A red disc moving right and a still green square on a grey background: (N, H, W, 3) uint8."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = np.full((num_frames, height, width, 3), 128, dtype=np.uint8)
+    radius = max(3, height // 6)
+    for i in range(num_frames):
+        cx = radius + (width // 2 - 2 * radius) * i / max(1, num_frames - 1)
+        frames[i][(xx - cx) ** 2 + (yy - height / 2) ** 2 <= radius**2] = COLOURS["red"]
+        frames[i][height // 8 : height // 8 + height // 4, width - width // 4 - 2 : width - 2] = COLOURS[
+            "green"
+        ]
+    return frames
+
+
+def colour_mask(frame: np.ndarray, colour: tuple[int, ...]) -> np.ndarray:
+    return (np.abs(frame.astype(int) - np.asarray(colour)[None, None, :3]) <= TOLERANCE).all(axis=2)
+
+
+@dataclass
+class ColourSession:
+    reader: Any
+    include: list[tuple[int, ...]] = field(default_factory=list)
+    exclude: list[tuple[int, ...]] = field(default_factory=list)
+
+    def masks(self) -> FrameMasks:
+        info = self.reader.info
+        out = FrameMasks(info.num_frames, info.height, info.width)
+        for i in range(info.num_frames):
+            frame = self.reader[i]
+            mask = np.zeros((info.height, info.width), dtype=bool)
+            for c in self.include:
+                mask |= colour_mask(frame, c)
+            for c in self.exclude:
+                mask &= ~colour_mask(frame, c)
+            out[i] = mask
+        return out
+
+
+class ColourSegmenter:
+    """segment(): pixels of the colour named in the prompt, on every frame. refine(): a positive click adds the
+    clicked colour on every frame, a negative one removes it, a box adds the colour at its centre. It counts its
+    calls so tests can check a correction never runs segment() (the MLLM stage) again.
+    """
+
+    random_weights = False
+
+    def __init__(self) -> None:
+        self.segment_calls = 0
+        self.refine_calls = 0
+        self.refine_inputs: list[tuple[list, list]] = []
+
+    def segment(self, video: Any, prompt: str, progress: Any = None) -> VideoSegmentation:
+        self.segment_calls += 1
+        name = next((n for n in COLOURS if n in prompt.lower()), None)
+        if name is None:
+            raise PromptError(f"no colour named in {prompt!r}")
+        session = ColourSession(video, [COLOURS[name]])
+        masks = session.masks()
+        return VideoSegmentation(
+            prompt=prompt,
+            object_name=name,
+            video=video.info,
+            key_frame_indices=[0],
+            masks=masks,
+            prompt_frames=[0],
+            scores={"score": 0.9},
+            session=session,
+        )
+
+    def refine(
+        self, seg: VideoSegmentation, clicks: Any = (), boxes: Any = (), video: Any = None
+    ) -> VideoSegmentation:
+        self.refine_calls += 1
+        self.refine_inputs.append((list(clicks), list(boxes)))
+        session = seg.session
+        if session is None:  # rebuilt like the pipeline: from the masks of the prompt (or largest) frame
+            if video is None:
+                raise VideoError("no session and no video to rebuild it")
+            session = ColourSession(video)
+            frames = seg.prompt_frames or [int(np.argmax([m.sum() for m in seg.masks]))]
+            for f in frames:
+                mask = seg.masks[f]
+                if mask.any():
+                    session.include.append(tuple(int(v) for v in np.median(video[f][mask], axis=0)))
+        for c in clicks:
+            colour = tuple(int(v) for v in session.reader[c.frame][int(c.y), int(c.x)])
+            (session.include if c.positive else session.exclude).append(colour)
+        for b in boxes:
+            cy, cx = int((b.y0 + b.y1) / 2), int((b.x0 + b.x1) / 2)
+            session.include.append(tuple(int(v) for v in session.reader[b.frame][cy, cx]))
+        return replace(seg, masks=session.masks(), session=session)
+
+
+# ------------------------------------------------------------------------------------------ fake Label Studio
+
+
+class FakeLabelStudio:
+    """Serves files under `root` the way Label Studio does (token required for /data/... and /storage-data/...),
+    plain files under /plain/ without auth, and /api/predictions/ (list by task, create)."""
+
+    def __init__(self, root: Path, token: str = "secret-token") -> None:
+        self.root, self.token = root, token
+        self.predictions: list[dict[str, Any]] = []
+        self.requests: list[tuple[str, str, str | None]] = []
+        handler = self._handler()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _authorized(self) -> bool:
+                return self.headers.get("Authorization") == f"Token {fake.token}"
+
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                query = parse_qs(url.query)
+                fake.requests.append(("GET", self.path, self.headers.get("Authorization")))
+                if url.path.startswith("/api/predictions"):
+                    if not self._authorized():
+                        return self._send(401, b'{"detail": "no token"}')
+                    task = int(query.get("task", ["0"])[0])
+                    found = [p for p in fake.predictions if p["task"] == task]
+                    return self._send(200, json.dumps(found).encode())
+                if url.path.startswith("/plain/"):
+                    rel = url.path[len("/plain/") :]
+                elif url.path.startswith("/data/local-files"):
+                    rel = query.get("d", [""])[0]
+                elif url.path.startswith("/storage-data/uploaded"):
+                    rel = query.get("filepath", [""])[0]
+                elif url.path.startswith("/data/upload/"):
+                    rel = url.path[len("/data/") :]
+                else:
+                    return self._send(404, b'{"detail": "not found"}')
+                if not url.path.startswith("/plain/") and not self._authorized():
+                    return self._send(401, b'{"detail": "authentication required"}')
+                path = (fake.root / rel).resolve()
+                if fake.root.resolve() not in path.parents or not path.is_file():
+                    return self._send(404, b'{"detail": "not found"}')
+                return self._send(200, path.read_bytes(), "application/octet-stream")
+
+            def do_POST(self) -> None:
+                fake.requests.append(("POST", self.path, self.headers.get("Authorization")))
+                if not urlparse(self.path).path.startswith("/api/predictions") or not self._authorized():
+                    return self._send(401, b"{}")
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                body["id"] = len(fake.predictions) + 1
+                fake.predictions.append(body)
+                return self._send(201, json.dumps(body).encode())
+
+        return Handler
+
+
+def write_frames(folder: Path, frames: np.ndarray, suffix: str = ".png") -> list[str]:
+    """Save frames as images named f0000.png...; returns the names relative to `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, frame in enumerate(frames):
+        name = f"f{i:04d}{suffix}"
+        Image.fromarray(frame).save(folder / name)
+        names.append(name)
+    return names

@@ -1,0 +1,21 @@
+"""Session fixtures for tests that need a real Label Studio 1.23.2 server (marker `labelstudio`).
+
+Register them once in tests/conftest.py with `from tests.ls_fixtures import label_studio_fixture  # noqa: F401`. The server
+is started once per test process (tests/ls_server.shared_server) and stopped when the process exits.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.ls_server import LabelStudioServer, ls_executable, ls_venv, shared_server
+
+
+@pytest.fixture(scope="session", name="label_studio")
+def label_studio_fixture() -> LabelStudioServer:
+    """A running Label Studio on 127.0.0.1 with an admin token; skips when its venv is missing."""
+    if not ls_executable().exists():
+        pytest.skip(
+            f"Label Studio is not installed in {ls_venv()} (set LS_VENV or run `python tests/ls_server.py install`)"
+        )
+    return shared_server()

@@ -1,0 +1,98 @@
+"""Settings from the environment, the `serve` command as a real process, and import-videos' frame sampling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from decaf_backend.backend.errors import MediaError
+from decaf_backend.backend.importer import ImportOptions, extract_frames, sampled_frames, video_files
+from decaf_backend.backend.settings import Settings
+from decaf_backend.errors import DecafError
+from tests.conftest import encode_video, moving_disc_frames
+from tests.ls_server import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_settings_read_the_documented_variables() -> None:
+    env = {
+        "LABEL_STUDIO_URL": "http://ls:8080",
+        "BASIC_AUTH_USER": "u",
+        "MODEL_DIR": "/tmp/x",
+        "PORT": "9191",
+        "DECAF_OPEN_WAIT_S": "2.5",
+        "DECAF_SKIP_EMPTY_MASKS": "yes",
+        "DECAF_MAX_FRAMES": "",  # empty = default
+    }
+    s = Settings.from_env(env, host="127.0.0.1")
+    assert (s.label_studio_url, s.basic_auth_user, s.model_dir, s.port, s.host) == (
+        "http://ls:8080",
+        "u",
+        Path("/tmp/x"),
+        9191,
+        "127.0.0.1",
+    )
+    assert s.open_wait_s == 2.5 and s.skip_empty_masks is True and s.max_frames == Settings().max_frames
+    assert Settings.from_env({"LABEL_STUDIO_API_KEY": "k"}).label_studio_api_key == "k"
+    with pytest.raises(DecafError, match="DECAF_BATCH_WAIT_S='soon' is not a valid float"):
+        Settings.from_env({"DECAF_BATCH_WAIT_S": "soon"})
+    with pytest.raises(DecafError, match="DECAF_PRELOAD='maybe'"):
+        Settings.from_env({"DECAF_PRELOAD": "maybe"})
+
+
+def test_serve_command_answers_health_without_auth_and_guards_the_rest(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "MODEL_DIR": str(tmp_path),
+        "BASIC_AUTH_USER": "u",
+        "BASIC_AUTH_PASS": "p",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "decaf_backend", "serve", "--no-preload"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline, health = time.monotonic() + 60, None
+        while time.monotonic() < deadline and health is None:
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
+            except requests.RequestException:
+                time.sleep(0.2)
+        assert health is not None and health["status"] == "UP" and health["model_loaded"] is False
+        assert requests.post(f"http://127.0.0.1:{port}/setup", json={}, timeout=5).status_code == 401
+        ok = requests.post(f"http://127.0.0.1:{port}/setup", json={}, auth=("u", "p"), timeout=5)
+        assert ok.status_code == 200 and ok.json()["model_version"].startswith("decaf-")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_frame_sampling_by_stride_and_fps(tmp_path: Path) -> None:
+    video = encode_video(tmp_path / "clip.mp4", moving_disc_frames(10, 32, 48), fps=10)
+    assert [i for i, _ in sampled_frames(video, stride=3)] == [0, 3, 6, 9]
+    assert [i for i, _ in sampled_frames(video, fps=4)] == [0, 3, 5, 8]  # every 2.5 frames
+    assert [i for i, _ in sampled_frames(video, fps=50)] == list(range(10))  # never more than the video has
+    files = extract_frames(video, tmp_path / "out", ImportOptions(stride=4, image_format="png"))
+    assert [f.name for f in files] == ["clip_000000.png", "clip_000004.png", "clip_000008.png"]
+    with pytest.raises(MediaError, match="stride"):
+        list(sampled_frames(video, stride=0))
+
+
+def test_video_files_from_folders_and_clear_errors(tmp_path: Path) -> None:
+    a = encode_video(tmp_path / "b.mp4", moving_disc_frames(3, 16, 16))
+    b = encode_video(tmp_path / "a.mp4", moving_disc_frames(3, 16, 16))
+    (tmp_path / "notes.txt").write_text("x")
+    assert video_files([tmp_path]) == [b, a]
+    with pytest.raises(MediaError, match="does not exist"):
+        video_files([tmp_path / "missing.mp4"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MediaError, match="no video files"):
+        video_files([tmp_path / "empty"])
