@@ -6,6 +6,8 @@ is started once per test process (tests/ls_server.shared_server) and stopped whe
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.ls_server import LabelStudioServer, ls_executable, ls_venv, shared_server
@@ -15,6 +17,8 @@ from tests.ls_server import LabelStudioServer, ls_executable, ls_venv, shared_se
 def label_studio_fixture() -> LabelStudioServer:
     """A running Label Studio on 127.0.0.1 with an admin token; skips when its venv is missing."""
     if not ls_executable().exists():
+        if os.environ.get("DECAF_REQUIRE_LABEL_STUDIO"):  # CI: a missing server must fail, not skip
+            pytest.fail(f"Label Studio is not installed in {ls_venv()} and DECAF_REQUIRE_LABEL_STUDIO is set")
         pytest.skip(
             f"Label Studio is not installed in {ls_venv()} (set LS_VENV or run `python tests/ls_server.py install`)"
         )
