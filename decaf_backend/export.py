@@ -71,6 +71,32 @@ def _ls_brush() -> Any:
     return brush
 
 
+def brush_result(
+    mask: np.ndarray, frame: int, from_name: str, to_name: str, region_id: str, label: str | None = None
+) -> dict[str, Any]:
+    """One Label Studio `brushlabels` region: `mask` as LS RLE (0/255) on page `item_index` = frame.
+
+    The browser draws an item without `item_index` on page 0 (docs/ls-browser.md §1), so it is always set.
+    """
+    mask = np.asarray(mask) > 0
+    value: dict[str, Any] = {"format": "rle", "rle": _ls_brush().mask2rle(mask.astype(np.uint8) * 255)}
+    if label is not None:
+        value["brushlabels"] = [label]
+    height, width = mask.shape
+    return {
+        "id": region_id,
+        "type": "brushlabels",
+        "from_name": from_name,
+        "to_name": to_name,
+        "origin": "prediction",
+        "item_index": int(frame),
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": value,
+    }
+
+
 def masks_to_brush_results(
     objects: Mapping[str, Sequence[np.ndarray] | FrameMasks],
     from_name: str = DEFAULT_FROM_NAME,
@@ -81,45 +107,30 @@ def masks_to_brush_results(
 ) -> list[dict[str, Any]]:
     """LS result items for an image-sequence task: per object (label → per-frame masks), per frame.
 
-    Each item is a `brushlabels` region on frame `item_index` with the mask as LS RLE (0/255 values).
     Empty frames are left out unless `skip_empty=False`. Region ids are `<prefix><object>_<frame>`.
     """
-    brush = _ls_brush()
     results = []
     for k, (label, masks) in enumerate(objects.items()):
         for frame in range(len(masks)):
             mask = np.asarray(masks[frame]) > 0
             if skip_empty and not mask.any():
                 continue
-            height, width = mask.shape
-            item: dict[str, Any] = {
-                "id": f"{id_prefix}{k}_{frame}",
-                "type": "brushlabels",
-                "from_name": from_name,
-                "to_name": to_name,
-                "origin": "prediction",
-                "item_index": frame,
-                "original_width": width,
-                "original_height": height,
-                "image_rotation": 0,
-                "value": {
-                    "format": "rle",
-                    "rle": brush.mask2rle(mask.astype(np.uint8) * 255),
-                    "brushlabels": [label],
-                },
-            }
+            item = brush_result(mask, frame, from_name, to_name, f"{id_prefix}{k}_{frame}", label)
             if score is not None:
                 item["score"] = float(score)
             results.append(item)
     return results
 
 
-def brush_result_mask(item: Mapping[str, Any]) -> np.ndarray:
-    """(H, W) bool mask of one LS `brushlabels` result with an RLE value."""
-    value = item.get("value", {})
-    if value.get("format", "rle") != "rle" or "rle" not in value:
+def brush_result_mask(
+    item: Mapping[str, Any], height: int | None = None, width: int | None = None
+) -> np.ndarray:
+    """(H, W) bool mask of one LS `brushlabels` result with an RLE value (size: given, else the item's own)."""
+    value = item.get("value") or {}
+    if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
         raise ExportError(f"result {item.get('id')!r} has no RLE brush value")
-    height, width = int(item["original_height"]), int(item["original_width"])
+    height = int(item["original_height"] if height is None else height)
+    width = int(item["original_width"] if width is None else width)
     flat = _ls_brush().decode_rle(value["rle"])
     if flat.size != height * width * 4:
         raise ExportError(f"result {item.get('id')!r}: RLE holds {flat.size} values, not {height}x{width}x4")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from label_studio_sdk.converter import brush
 
+from ..export import brush_result, brush_result_mask
 from ..types import Box, FrameMasks
 from .schema import ObjectSpec, Schema
 
@@ -45,36 +45,15 @@ def brush_items(
         mask = masks[f]
         if skip_empty and not mask.any():
             continue
-        value: dict[str, Any] = {"format": "rle", "rle": brush.mask2rle(mask.astype(np.uint8) * 255)}
-        if obj.label is not None:
-            value["brushlabels"] = [obj.label]
         items.append(
-            {
-                "id": region_id(obj, f),
-                "from_name": schema.output_name,
-                "to_name": schema.object_name,
-                "type": "brushlabels",
-                "original_width": masks.width,
-                "original_height": masks.height,
-                "image_rotation": 0,
-                "item_index": int(f),
-                "value": value,
-            }
+            brush_result(mask, f, schema.output_name, schema.object_name, region_id(obj, f), obj.label)
         )
     return items
 
 
 def decode_brush(item: Mapping[str, Any], height: int, width: int) -> np.ndarray:
-    """The (H, W) bool mask of one brush RLE item."""
-    value = item.get("value") or {}
-    if value.get("format") != "rle" or not isinstance(value.get("rle"), list):
-        raise ValueError(f"brush item {item.get('id')} has no RLE mask")
-    flat = np.asarray(brush.decode_rle(value["rle"]), dtype=np.uint8)
-    if flat.size != height * width * 4:
-        raise ValueError(
-            f"brush item {item.get('id')} decodes to {flat.size // 4} pixels, expected {height}x{width}"
-        )
-    return flat.reshape(height, width, 4)[..., 3] > 0
+    """The (H, W) bool mask of one brush RLE item, at the size of the task's frames."""
+    return brush_result_mask(item, height, width)
 
 
 def masks_from_brush_items(
