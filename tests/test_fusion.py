@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +26,9 @@ from decaf_backend.fusion import (
     smooth_maps,
 )
 from decaf_backend.points import candidate_points, stack_points
+from tests.golden import GOLDEN_DIR
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+GOLDEN = GOLDEN_DIR
 POST_CASES = sorted(p.stem for p in (GOLDEN / "postprocess").glob("post_case*.npz"))
 E2E = GOLDEN / "e2e" / "e2e_tiny_qwen25vl.npz"
 MAP_TOL = {"atol": 1e-5, "rtol": 0.0}  # README: smoothed / normalised / fused maps

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from decaf_backend.points import FramePoints, candidate_points, stack_points
+from tests.golden import GOLDEN_DIR
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "postprocess"
+GOLDEN = GOLDEN_DIR / "postprocess"
 POST_FILES = sorted(GOLDEN.glob("post_case*.npz"))
 
 

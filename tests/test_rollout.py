@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,9 @@ from decaf_backend.rollout import (
     rollout_last_row_from_qk,
     visual_range_from_mask,
 )
+from tests.golden import GOLDEN_DIR
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "rollout"
+GOLDEN = GOLDEN_DIR / "rollout"
 CASES = sorted(p.stem for p in GOLDEN.glob("rollout_case*.npz")) if GOLDEN.is_dir() else []
 # README "Tolerances": rollout vector atol 1e-6 / rtol 1e-5, head weights atol 1e-6
 ROLLOUT_TOL = {"atol": 1e-6, "rtol": 1e-5}

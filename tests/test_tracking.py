@@ -7,9 +7,7 @@ points the sam2 runs were fed with, e2e/); the predictor is the README's fake (t
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,10 +22,11 @@ from decaf_backend.tracking import (
     select_final_prompts,
 )
 from decaf_backend.types import FrameMasks
+from tests.golden import GOLDEN_DIR
 
 from .fakes import BlankFrames, FakeSam2Predictor
 
-GOLDEN = Path(os.environ.get("DECAF_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "shared" / "golden"))
+GOLDEN = GOLDEN_DIR
 SAM2 = GOLDEN / "sam2"
 needs_golden = pytest.mark.skipif(not SAM2.is_dir(), reason=f"golden data folder {GOLDEN} is absent")
 
