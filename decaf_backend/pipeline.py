@@ -16,7 +16,7 @@ from .config import DecafConfig
 from .errors import PromptError, PromptOutOfRangeError, VideoError
 from .fusion import coarse_masks, fuse_maps
 from .points import candidate_points
-from .tracking import VideoPredictor, segment_with_points
+from .tracking import VideoPredictor, segment_with_points, track_both_ways
 from .types import Box, Click, FrameMasks, VideoInfo, VideoSegmentation
 from .video import VideoReader, key_frame_indices, open_video
 
@@ -130,12 +130,11 @@ class CorrectionSession:
         )
         if not cond_frames:
             return out
-        start = cond_frames[0]
-        for f, _ids, logits in self.predictor.propagate_in_video(self._state, start, n, False):
-            out[f] = np.asarray(logits).reshape(-1, *logits.shape[-2:]).max(axis=0) > 0
-        if start > 0:
-            for f, _ids, logits in self.predictor.propagate_in_video(self._state, start - 1, n, True):
-                out[f] = np.asarray(logits).reshape(-1, *logits.shape[-2:]).max(axis=0) > 0
+
+        def sink(f: int, _ids: list[int], binary: np.ndarray) -> None:
+            out[f] = binary.any(axis=0)
+
+        track_both_ways(self.predictor, self._state, cond_frames[0], n, sink)
         return out
 
 
@@ -180,13 +179,24 @@ class DecafPipeline:
     def segment(
         self, video: str | Path | VideoReader, prompt: str, progress: Progress | None = None
     ) -> VideoSegmentation:
-        cfg = self.config
         prompt = normalize_prompt(prompt)
         timings: dict[str, float] = {}
         report = progress or (lambda stage, fraction: None)
+        owned = not isinstance(video, VideoReader)
+        with _timed(timings, "video"):  # _timed adds up: opening and key-frame reading are one stage
+            reader = open_video(video) if owned else video
+        try:
+            return self._segment(reader, prompt, report, timings)
+        except BaseException:
+            if owned:  # the session would have kept it; on failure nothing does: release the container now
+                reader.close()
+            raise
 
+    def _segment(
+        self, reader: VideoReader, prompt: str, report: Progress, timings: dict[str, float]
+    ) -> VideoSegmentation:
+        cfg = self.config
         with _timed(timings, "video"):
-            reader = video if isinstance(video, VideoReader) else open_video(video)
             info = check_video(reader)
             key_indices = key_frame_indices(info.num_frames, cfg.num_key_frames)
             key_frames = reader.read_frames(key_indices)

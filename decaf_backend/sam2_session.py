@@ -369,10 +369,6 @@ class Sam2VideoPredictor:
             yield int(f), list(obj_ids), _logits(logits)
 
     # -- extras ---------------------------------------------------------------------------------------
-    def remove_object(self, state: dict[str, Any], obj_id: int) -> None:
-        with self._lock:
-            self.model.remove_object(state, obj_id, need_output=False)
-
     def conditioning_frames(self, state: dict[str, Any]) -> list[int]:
         """Frames holding prompts (points, boxes, masks) of any object, sorted."""
         frames: set[int] = set()

@@ -233,7 +233,7 @@ def _propagate_into(
         sink(int(f), [int(o) for o in obj_ids], binarize_logits(logits))
 
 
-def _track_both_ways(predictor: VideoPredictor, state: Any, frame: int, num_frames: int, sink: Any) -> None:
+def track_both_ways(predictor: VideoPredictor, state: Any, frame: int, num_frames: int, sink: Any) -> None:
     """Forward from `frame` to the end, then backward from frame−1 to 0 in the same state (reference order)."""
     _propagate_into(predictor, state, frame, num_frames - frame, False, sink)
     if frame > 0:
@@ -313,7 +313,7 @@ def _track_kept_masks(
             if obj in slot:
                 packed[slot[obj], f] = np.packbits(binary[row].reshape(-1))
 
-    _track_both_ways(predictor, state, t, num_t, sink)
+    track_both_ways(predictor, state, t, num_t, sink)
     return [p.copy() for p in packed]  # separate buffers: a deleted tracklet frees its own memory
 
 
@@ -358,7 +358,7 @@ def run_stage_b(
         predictor.reset_state(state)
         for i, mask in enumerate(masks):
             predictor.add_new_mask(state, frame, FIRST_OBJECT_ID + i, mask)
-        _track_both_ways(predictor, state, frame, num_frames, sink)
+        track_both_ways(predictor, state, frame, num_frames, sink)
     return out
 
 

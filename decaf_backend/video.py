@@ -284,7 +284,11 @@ class PyAVVideoReader(VideoReader):
         self._decoder: Iterator[Any] | None = None
         self._pos: int | None = None  # presentation index of the frame the running decoder gave last
         self._rotation = 0
-        first = self._decode_first()
+        try:
+            first = self._decode_first()
+        except BaseException:
+            self.close_container()
+            raise
         height, width = first.shape[:2]
         info = VideoInfo(len(self._index_table.pts), fps, width, height, str(path))
         super().__init__(info, cache_bytes)
@@ -385,12 +389,15 @@ class PyAVVideoReader(VideoReader):
             except av_errors() as exc:
                 raise VideoError(f"{self.path.name}: decoding failed at frame {count} ({exc})") from exc
 
+    def close_container(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container, self._decoder, self._pos = None, None, None
+
     def close(self) -> None:
         with self._lock:
             super().close()
-            if self._container is not None:
-                self._container.close()
-            self._container, self._decoder, self._pos = None, None, None
+            self.close_container()
 
     def __del__(self) -> None:
         try:
@@ -572,7 +579,11 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.
     if suffix == ".gif":
         _write_gif(path, frames, fps)
     elif suffix in (".mp4", ".m4v", ".mov", ".mkv", ".webm"):
-        _write_av(path, frames, fps, "libvpx-vp9" if suffix == ".webm" else "libx264")
+        try:
+            _write_av(path, frames, fps, "libvpx-vp9" if suffix == ".webm" else "libx264")
+        except BaseException:
+            path.unlink(missing_ok=True)  # no half-written or empty video left behind
+            raise
     else:
         raise VideoError(f"cannot write {path.name}: use .mp4, .mov, .mkv, .webm or .gif")
     return path
@@ -592,7 +603,6 @@ def _write_av(path: Path, frames: Iterable[np.ndarray], fps: float, codec: str) 
     import av
 
     rate = Fraction(fps).limit_denominator(1001)
-    written = 0
     size: tuple[int, int] | None = None
     with av.open(str(path), mode="w") as container:
         stream = None
@@ -614,9 +624,6 @@ def _write_av(path: Path, frames: Iterable[np.ndarray], fps: float, codec: str) 
             if pad[0][1] or pad[1][1]:
                 rgb = np.pad(rgb, pad, mode="edge")
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-            written += 1
         if stream is None:
             raise VideoError(f"no frames to write to {path.name}")
         container.mux(stream.encode())
-    if not written:  # pragma: no cover - guarded above
-        path.unlink(missing_ok=True)

@@ -178,22 +178,26 @@ class MediaFetcher:
         tmp = target.with_name(f"{key}.{os.getpid()}.{threading.get_ident()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        width = max(6, len(str(len(urls))))
-        for i, url in enumerate(urls):
-            local = Path(self.download(url, task_id, credentials))
-            stem = tmp / f"{i:0{width}d}"
-            if local.suffix.lower() in FOLDER_SUFFIXES:
-                try:
-                    os.link(local, stem.with_suffix(local.suffix.lower()))
-                except OSError:
-                    shutil.copyfile(local, stem.with_suffix(local.suffix.lower()))
-            else:
-                _convert_to_png(local, stem.with_suffix(".png"), url)
-        (tmp / ".complete").touch()
-        shutil.rmtree(target, ignore_errors=True)
         try:
-            tmp.rename(target)
-        except OSError:  # another thread won the race: its folder is as good as ours
+            width = max(6, len(str(len(urls))))
+            for i, url in enumerate(urls):
+                local = Path(self.download(url, task_id, credentials))
+                stem = tmp / f"{i:0{width}d}"
+                if local.suffix.lower() in FOLDER_SUFFIXES:
+                    try:
+                        os.link(local, stem.with_suffix(local.suffix.lower()))
+                    except OSError:
+                        shutil.copyfile(local, stem.with_suffix(local.suffix.lower()))
+                else:
+                    _convert_to_png(local, stem.with_suffix(".png"), url)
+            (tmp / ".complete").touch()
+            if not done.exists():  # a finished folder may already be read by another thread's reader
+                shutil.rmtree(target, ignore_errors=True)  # a leftover without .complete
+                try:
+                    tmp.rename(target)
+                except OSError:  # another thread won the race: its folder is as good as ours
+                    pass
+        finally:  # a failed download leaves no partial folder behind
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 

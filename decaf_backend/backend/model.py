@@ -194,8 +194,10 @@ class DecafVideoModel:
         scores = []
         for group in groups:
             obj = self._pick_object(group, objects, lambda o: reference(o)[0])
-            seg, seeds = self._session_start(task, media, obj)
             with self.runtime.model_lock:
+                # looked up under the lock: a concurrent correction of this object may just have replaced
+                # the cached segmentation (and its session) with one holding its clicks
+                seg, seeds = self._session_start(task, media, obj)
                 self.runtime.metrics.inc("refine_runs_total")
                 seg = self.runtime.pipeline().refine(
                     seg, group.clicks, [*seeds, *group.boxes], video=media.reader

@@ -204,6 +204,8 @@ def _video_schema(track: Any, video: Any, by_tag: dict[str, list[Any]]) -> Schem
         raise LabelConfigError(
             f"<Video framerate=...> is not a number: {video.attr.get('framerate')!r}"
         ) from exc
+    if not framerate > 0:  # also NaN: VideoClock divides by it
+        raise LabelConfigError(f"<Video framerate=...> must be a positive number, not {framerate}")
     return Schema(
         layout="video",
         object_name=video.name,

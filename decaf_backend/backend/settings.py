@@ -46,7 +46,7 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
-            raw = env.get(_ENV_NAMES.get(f.name, f"DECAF_{f.name.upper()}"))
+            raw = env.get(env_name(f.name))
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(raw, f.type, f.name)

@@ -54,11 +54,14 @@ class SegmentationStore:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(json.dumps(header).encode() + b"\n")
-            for blob in blobs:
-                fh.write(blob)
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(json.dumps(header).encode() + b"\n")
+                for blob in blobs:
+                    fh.write(blob)
+            os.replace(tmp, path)  # atomic: a reader never sees half a file
+        finally:
+            tmp.unlink(missing_ok=True)  # only still there when writing failed (disk full...)
 
     def load(self, key: tuple) -> VideoSegmentation | None:
         path = self._path(key)
