@@ -44,8 +44,10 @@ def _segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     mask_dir = out / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(seg.video.num_frames):
-        save_indexed_png(mask_dir / f"{i:05d}.png", seg.masks[i].astype("uint8"))
+    areas = []
+    for i, mask in enumerate(seg.masks):
+        save_indexed_png(mask_dir / f"{i:05d}.png", mask.astype("uint8"))
+        areas.append(int(mask.sum()))
     overlay_path = None
     if args.overlay != "none":
         overlay_path = out / f"overlay.{args.overlay}"
@@ -74,7 +76,7 @@ def _segment(args: argparse.Namespace) -> int:
         "prompt_frames": seg.prompt_frames,
         "scores": seg.scores,
         "timings_s": {k: round(v, 4) for k, v in seg.timings.items()},
-        "mask_area_per_frame": [int(m.sum()) for m in seg.masks],
+        "mask_area_per_frame": areas,
         "masks_dir": str(mask_dir),
         "overlay": str(overlay_path) if overlay_path else None,
         "models": {"mllm": args.mllm, "sam2": args.sam2},

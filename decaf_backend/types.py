@@ -102,6 +102,11 @@ class FrameMasks:
         for i in range(self.num_frames):
             yield self[i]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the compressed frames (what a cache budget should count)."""
+        return sum(len(b) for b in self._frames.values())
+
     def union(self, index: int, mask: np.ndarray) -> None:
         self[index] = self[index] | (np.asarray(mask) > 0)
 

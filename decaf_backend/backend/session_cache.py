@@ -17,11 +17,8 @@ from ..types import VideoSegmentation
 def estimate_bytes(seg: VideoSegmentation, session_bytes_per_frame: int) -> int:
     """Compressed masks plus an estimate of the SAM2 state (memory features per tracked frame) when live."""
     masks = seg.masks
-    nbytes = getattr(masks, "nbytes", None)
-    if nbytes is None:  # bit-packed upper bound before zlib
-        nbytes = masks.num_frames * ((masks.height * masks.width + 7) // 8)
     session = masks.num_frames * session_bytes_per_frame if seg.session is not None else 0
-    return int(nbytes) + session
+    return masks.nbytes + session
 
 
 @dataclass
