@@ -74,9 +74,51 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # above this many frames, per-frame memories live in CPU RAM (about 0.8 MB per frame and object)
 OFFLOAD_STATE_FRAMES = 1000
+# A state over at most this many frames (DecAF's key frames) keeps every frame's image features: stage A
+# propagates over the key frames once per prompted key frame, and sam2 itself caches only the last frame,
+# so without this the image encoder would run O(T²) times instead of T (spec §14.4).
+FEATURE_CACHE_FRAMES = 16
 
 
 # ------------------------------------------------------------------------------------------------ frames
+
+
+class _FeatureCache(OrderedDict):
+    """frame index -> (image, backbone features), least recently used first."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = max(1, capacity)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key in self:
+            self.move_to_end(key)
+        return super().get(key, default)
+
+
+class _FeatureCachingState(dict):
+    """A sam2 inference state whose `cached_features` keeps `capacity` frames instead of the last one.
+
+    sam2 replaces `state["cached_features"]` by a one-entry dict after each image encoding; here that
+    assignment merges into a bounded LRU. Everything else is the plain sam2 state dict.
+    """
+
+    def __init__(self, state: dict[str, Any], capacity: int) -> None:
+        super().__init__(state)
+        cache = _FeatureCache(capacity)
+        cache.update(state.get("cached_features") or {})
+        super().__setitem__("cached_features", cache)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        cache = self.get("cached_features")
+        if key != "cached_features" or not isinstance(cache, _FeatureCache):
+            super().__setitem__(key, value)
+            return
+        for frame_idx, features in value.items():
+            cache[frame_idx] = features
+            cache.move_to_end(frame_idx)
+        while len(cache) > cache.capacity:
+            cache.popitem(last=False)
 
 
 class Sam2Frames:
@@ -271,9 +313,11 @@ class Sam2VideoPredictor:
         if offload_state_to_cpu is None:
             offload_state_to_cpu = self.device.type != "cpu" and len(images) > OFFLOAD_STATE_FRAMES
         with self._lock, self._context():
-            return self.model.init_state(
+            state = self.model.init_state(
                 images, offload_video_to_cpu=True, offload_state_to_cpu=offload_state_to_cpu
             )
+        capacity = len(images) if len(images) <= FEATURE_CACHE_FRAMES else 1
+        return _FeatureCachingState(state, capacity)
 
     def reset_state(self, state: dict[str, Any]) -> None:
         with self._lock:

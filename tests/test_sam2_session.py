@@ -391,3 +391,30 @@ def test_drives_the_tracking_stage_b(predictor, video):
     masks = run_stage_b(predictor, video, [3], [mask])
     assert len(masks) == NUM_FRAMES and masks[3].shape == (HEIGHT, WIDTH)
     assert (masks[3] == mask).mean() > 0.98
+
+
+def test_stage_a_encodes_each_key_frame_once_and_matches_the_one_frame_cache(predictor, monkeypatch) -> None:
+    from decaf_backend import sam2_session
+    from decaf_backend.points import FramePoints
+    from decaf_backend.tracking import run_stage_a
+
+    key_frames = list(moving_square(6, HEIGHT, WIDTH))
+    xy = np.array([[0.3, 0.5], [0.7, 0.4]], dtype=np.float32)
+    points = [FramePoints(xy, np.zeros((2, 2), int), np.array([0.9, 0.85], np.float32)) for _ in key_frames]
+    points[2] = None  # a key frame without candidates
+
+    encoded = []
+    forward_image = predictor.model.forward_image
+    monkeypatch.setattr(
+        predictor.model, "forward_image", lambda image: encoded.append(1) or forward_image(image)
+    )
+    cached = run_stage_a(predictor, key_frames, points)
+    assert len(encoded) == len(key_frames)
+
+    encoded.clear()
+    monkeypatch.setattr(sam2_session, "FEATURE_CACHE_FRAMES", 0)  # sam2's own behaviour: the last frame only
+    uncached = run_stage_a(predictor, key_frames, points)
+    assert len(encoded) > 3 * len(key_frames)
+    assert cached.tracklets and [t.score for t in cached.tracklets] == [t.score for t in uncached.tracklets]
+    for a, b in zip(cached.tracklets, uncached.tracklets):
+        np.testing.assert_array_equal(a.masks(), b.masks())
