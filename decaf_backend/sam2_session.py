@@ -83,6 +83,9 @@ FEATURE_CACHE_FRAMES = 16
 # ------------------------------------------------------------------------------------------------ frames
 
 
+_FORGET_HISTORY = "decaf_forget_history"
+
+
 class _FeatureCache(OrderedDict):
     """frame index -> (image, backbone features), least recently used first."""
 
@@ -410,7 +413,29 @@ class Sam2VideoPredictor:
                     if "No input points or masks" in str(exc):
                         raise PromptError("nothing to propagate: add points, a box or a mask first") from exc
                     raise
+            if state.get(_FORGET_HISTORY):
+                self._forget_old_frames(state, int(f), reverse)
             yield int(f), list(obj_ids), _logits(logits)
+
+    def forget_tracking_history(self, state: dict[str, Any]) -> None:
+        """Let propagation drop per-frame memories it will not read again (long videos, one-way states).
+
+        sam2 keeps every tracked frame's memory features and masks (about 1 MB a frame at 1024 px), which
+        is what exhausts memory on long videos. A frame reads only the last `num_maskmem` memories and
+        `max_obj_ptrs_in_encoder` object pointers behind it, plus the conditioning frames, so older outputs
+        can go without changing any result. Frames next to a conditioning frame are kept, because the
+        backward pass from that frame reads them. Later clicks on a forgotten frame would lose the
+        propagated mask as their prior, so only states that are never corrected (DecAF's stage B) use this.
+        """
+        state[_FORGET_HISTORY] = True
+
+    def _forget_old_frames(self, state: dict[str, Any], frame_idx: int, reverse: bool) -> None:
+        reach = max(int(self.model.num_maskmem), int(self.model.max_obj_ptrs_in_encoder)) + 1
+        old = frame_idx + reach if reverse else frame_idx - reach
+        for outputs in state["output_dict_per_obj"].values():
+            if any(abs(old - c) <= reach for c in outputs["cond_frame_outputs"]):
+                continue
+            outputs["non_cond_frame_outputs"].pop(old, None)
 
     # -- extras ---------------------------------------------------------------------------------------
     def conditioning_frames(self, state: dict[str, Any]) -> list[int]:

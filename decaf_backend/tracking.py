@@ -349,6 +349,9 @@ def run_stage_b(
     if not groups:
         return out
     state = predictor.init_state(all_frames)
+    forget = getattr(predictor, "forget_tracking_history", None)
+    if forget is not None:  # stage B states are never corrected: old per-frame memories may go
+        forget(state)
 
     def sink(f: int, obj_ids: list[int], binary: np.ndarray) -> None:
         if binary.shape[0]:

@@ -418,3 +418,25 @@ def test_stage_a_encodes_each_key_frame_once_and_matches_the_one_frame_cache(pre
     assert cached.tracklets and [t.score for t in cached.tracklets] == [t.score for t in uncached.tracklets]
     for a, b in zip(cached.tracklets, uncached.tracklets):
         np.testing.assert_array_equal(a.masks(), b.masks())
+
+
+def test_stage_b_forgets_old_frame_memories_without_changing_the_masks(predictor, monkeypatch) -> None:
+    from decaf_backend.tracking import run_stage_b
+
+    frames = list(moving_square(90, HEIGHT, WIDTH))  # long enough to leave the memory reach (17 frames)
+    prompt = np.zeros((HEIGHT, WIDTH), bool)
+    prompt[20:40, 6 + 8 * 12 : 26 + 8 * 12] = True  # the square on frame 12
+    held = []
+    init_state = predictor.init_state
+    monkeypatch.setattr(predictor, "init_state", lambda frames: held.append(init_state(frames)) or held[-1])
+
+    lean = run_stage_b(predictor, frames, [12], [prompt])
+    lean_outputs = len(held[-1]["output_dict_per_obj"][0]["non_cond_frame_outputs"])
+    monkeypatch.setattr(predictor, "forget_tracking_history", lambda state: None, raising=False)
+    full = run_stage_b(predictor, frames, [12], [prompt])
+    full_outputs = len(held[-1]["output_dict_per_obj"][0]["non_cond_frame_outputs"])
+
+    assert full_outputs == len(frames) - 1  # sam2 keeps every tracked frame
+    assert lean_outputs < full_outputs
+    assert sum(int(m.sum()) for m in full) > 0
+    np.testing.assert_array_equal(lean.to_array(), full.to_array())
