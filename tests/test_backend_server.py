@@ -332,6 +332,90 @@ def test_video_layout_predicts_a_track_and_a_drawn_box_refines_it(media: Any, tm
     assert [b.frame for b in boxes] == [largest["frame"] - 1, 4] and fresh.segment_calls == 0
 
 
+def _wait_for_jobs(runtime: Runtime, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = runtime.jobs.stats()
+        if stats["queued"] == stats["running"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"jobs still running: {runtime.jobs.stats()}")
+
+
+def test_video_annotation_webhook_turns_moved_boxes_into_a_new_prediction(media: Any, tmp_path: Path) -> None:
+    """The browser sends no interactive request for VideoRectangle: a submitted annotation's moved box is the
+    correction. Unchanged tracks (or an unchanged resubmission) post nothing; the MLLM never runs again."""
+    fake, _ = media
+    fake.predictions.clear()
+    frames = np.stack(list(open_video(fake.root / "upload" / "1" / "clip.mp4").iter_frames()))  # as decoded
+    client, segmenter, runtime = _make(media, tmp_path)
+    task = {"id": 46, "data": {"video": "/data/upload/1/clip.mp4", "prompt": "the red disc"}}
+    (track,) = _predict(client, [dict(task, predictions=[])], config=VIDEO_CONFIG).get_json()["results"][0][
+        "result"
+    ]
+    # Label Studio stored the /predict reply; webhook bodies carry the task without its predictions
+    fake.predictions.append(
+        {"id": 1, "task": 46, "model_version": "decaf-0.1.0", "score": 0.9, "result": [track]}
+    )
+
+    def event(action: str, sequence: list[dict], annotation_id: int = 7) -> dict:
+        edited = dict(track, origin="prediction-changed", value=dict(track["value"], sequence=sequence))
+        return {"action": action, "annotation": {"id": annotation_id, "task": 46, "result": [edited]},
+                "project": {"id": 1, "label_config": VIDEO_CONFIG}, "task": task}  # fmt: skip
+
+    same = client.post("/webhook", json=event("ANNOTATION_CREATED", track["value"]["sequence"]))
+    assert same.status_code == 201 and same.get_json()["status"] == "queued"
+    _wait_for_jobs(runtime)
+    assert (
+        len(fake.predictions) == 1 and segmenter.refine_calls == 0
+    )  # accepted as predicted: nothing happens
+
+    # the annotator moved the box on LS frame 3 onto the green square, then pressed Update
+    gy, gx = np.argwhere(colour_mask(frames[2], COLOURS["green"])).T
+    moved = [dict(k) for k in track["value"]["sequence"]]
+    (i,) = [j for j, k in enumerate(moved) if k["frame"] == 3]
+    moved[i] = dict(moved[i], x=100 * gx.min() / W, y=100 * gy.min() / H,
+                    width=100 * (gx.max() + 1 - gx.min()) / W, height=100 * (gy.max() + 1 - gy.min()) / H)  # fmt: skip
+    refine = segmenter.refine
+
+    def slow_refine(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)
+        return refine(*args, **kwargs)
+
+    segmenter.refine = slow_refine  # type: ignore[method-assign]
+    start = time.monotonic()
+    updated = client.post("/webhook", json=event("ANNOTATION_UPDATED", moved))
+    assert time.monotonic() - start < 0.5 and updated.status_code == 201  # answered before the work is done
+    _wait_for_jobs(runtime)
+    assert len(fake.predictions) == 2
+    posted = fake.predictions[-1]
+    assert posted["task"] == 46 and posted["model_version"] == "decaf-0.1.0"
+    ((clicks, boxes),) = segmenter.refine_inputs
+    assert clicks == [] and [b.frame for b in boxes] == [2]  # only the moved keyframe is a prompt
+    assert boxes[0].x0 == pytest.approx(gx.min()) and boxes[0].y1 == pytest.approx(gy.max() + 1)
+    (fixed,) = posted["result"]
+    assert fixed["id"] == track["id"] and fixed["type"] == "videorectangle"
+    union = _expected(frames, "red", "green")
+    for k in fixed["value"]["sequence"]:
+        ys, xs = np.nonzero(union[k["frame"] - 1])
+        assert k["x"] == pytest.approx(100 * xs.min() / W) and k["y"] == pytest.approx(100 * ys.min() / H)
+    assert segmenter.segment_calls == 1  # no MLLM pass for the correction
+
+    # the same annotation again (Update without changes): its moved box was applied already
+    client.post("/webhook", json=event("ANNOTATION_UPDATED", moved))
+    _wait_for_jobs(runtime)
+    assert len(fake.predictions) == 2 and segmenter.refine_calls == 1
+
+    # after a restart with an empty MODEL_DIR: the tracks come from Label Studio's API, the session is rebuilt
+    client, fresh, restarted = _make(media, tmp_path / "restart", ColourSegmenter())
+    client.post("/webhook", json=event("ANNOTATION_UPDATED", moved, 8))
+    _wait_for_jobs(restarted)
+    ((clicks, boxes),) = fresh.refine_inputs
+    largest = max(fixed["value"]["sequence"], key=lambda k: k["width"] * k["height"])  # the newest track's
+    assert [b.frame for b in boxes] == [largest["frame"] - 1, 2] and fresh.segment_calls == 0
+    assert len(fake.predictions) == 3 and fake.predictions[-1]["task"] == 46
+
+
 @pytest.mark.parametrize(
     "body, status, message",
     [

@@ -5,13 +5,14 @@ Alt+click) and `rectanglelabels` items become Click/Box prompts on their own fra
 pending point of one label, possibly from other frames: each point stays a prompt for its own frame (the session
 ignores points it already has). A label named like "Negative" (or marked negative="true") makes its points negative.
 
-Video layout: `videorectangle` items; each enabled keyframe that differs from the track the backend last returned
-(the annotator drew or moved it) becomes a box prompt on that frame.
+Video layout: `videorectangle` items; each enabled keyframe that differs from every box the backend showed on that
+frame (its current track and the tracks it predicted before; so the annotator drew or moved it) becomes a box
+prompt on that frame. The same rule serves interactive requests and submitted annotations (the webhook).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,9 @@ from .results import VideoClock, keyframe_box
 from .schema import Schema
 
 BOX_MATCH_TOLERANCE = 0.005  # keyframes within 0.5 % of the frame size of our own box are not new prompts
+
+# what the backend showed on a frame for an object's label: one box, several (earlier tracks too), or none
+KnownBox = Callable[[str | None, int], Box | Sequence[Box] | None]
 
 
 @dataclass
@@ -67,7 +71,7 @@ def parse_prompts(
     schema: Schema,
     frame: Frame,
     clock: VideoClock | None = None,
-    known_box: Callable[[str | None, int], Box | None] | None = None,
+    known_box: KnownBox | None = None,
 ) -> list[ObjectPrompts]:
     """Group the context's clicks/boxes per object label (order of first appearance)."""
     groups: dict[tuple[str | None, str | None], ObjectPrompts] = {}
@@ -187,7 +191,7 @@ def _changed_keyframes(
     frame: Frame,
     clock: VideoClock,
     label: str | None,
-    known_box: Callable[[str | None, int], Box | None] | None,
+    known_box: KnownBox | None,
 ) -> list[Box]:
     sequence = item["value"].get("sequence") if isinstance(item.get("value"), Mapping) else None
     if not isinstance(sequence, list):
@@ -206,7 +210,8 @@ def _changed_keyframes(
         _check_box(*(float(key[k]) for k in ("x", "y", "width", "height")), f)
         box = keyframe_box(key, clock, frame.width, frame.height)
         ours = known_box(label, box.frame) if known_box is not None else None
-        if ours is not None and _same_box(ours, box, frame):
+        shown = [ours] if isinstance(ours, Box) else list(ours or [])
+        if any(_same_box(b, box, frame) for b in shown):
             continue
         out.append(box)
     return out

@@ -28,7 +28,7 @@ QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 class Job:
     key: Hashable
     task_id: Any
-    run: Callable[[], dict[str, Any]]
+    run: Callable[[], dict[str, Any] | None]  # None: nothing to post
     project: Any = None
     replace_ok: bool = False  # post even if the task has a prediction of this version (a new prompt)
     state: str = QUEUED
@@ -61,7 +61,7 @@ class JobQueue:
         self,
         key: Hashable,
         task_id: Any,
-        run: Callable[[], dict[str, Any]],
+        run: Callable[[], dict[str, Any] | None],
         project: Any = None,
         deferred: bool = False,
         replace_ok: bool = False,
@@ -136,9 +136,11 @@ class JobQueue:
             with self._lock:
                 job.state = DONE if error is None else FAILED
                 job.prediction, job.error = prediction, error
-                deliver = job.deferred and job.state == DONE
-                if deliver:
+                done = job.deferred and job.state == DONE
+                if done:
                     self._jobs.pop(job.key, None)
+                # a deferred job may find nothing to post (a webhook's correction that changed nothing)
+                deliver = done and prediction is not None
                 job.finished.set()
             if deliver:
                 try:

@@ -3,6 +3,8 @@
 - Pre-annotation (`context` empty): each task is a background job (jobs.py); the reply holds the finished ones.
 - Correction (`context` with clicks/boxes): the clicks/boxes go into the object's SAM2 session (no MLLM pass), the
   whole video is propagated again and every frame's mask comes back.
+- Webhook (`fit`): a submitted annotation with a new TextArea prompt, or (video tracks, which the browser never
+  sends interactively) with moved/drawn boxes, becomes a background job whose prediction is posted to the API.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -158,6 +160,23 @@ class DecafVideoModel:
 
     # corrections ---------------------------------------------------------------------------------------------
     def correct(self, task: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+        """An interactive correction: the re-propagated objects, or an empty prediction when nothing is new."""
+        running = self.runtime.jobs.active_for_task(task.get("id"))
+        if running:  # the task's pre-annotation is being computed: correct that, not an empty start
+            self.runtime.jobs.wait(running, self.settings.interactive_wait_s)
+        fixed = self.apply_corrections(task, context)
+        if fixed is None:
+            log.info("task %s: the context holds no new click or box; nothing to correct", task.get("id"))
+            return prediction([], 0.0, self.model_version)
+        return fixed
+
+    def apply_corrections(
+        self, task: Mapping[str, Any], context: Mapping[str, Any], applied: Hashable | None = None
+    ) -> dict[str, Any] | None:
+        """Feed the context's new clicks/boxes to each object's SAM2 session (no MLLM pass) and return the
+        corrected objects as a prediction; None when the context holds nothing new. With `applied` (a key for
+        the source, e.g. an annotation), prompts identical to the last ones applied for that key are not new:
+        a resubmitted annotation keeps its moved box, which never equals the SAM2 track it led to."""
         schema = self._schema()
         media = self._media(task)
         info = media.info
@@ -167,33 +186,15 @@ class DecafVideoModel:
             objects = schema.objects(task, context, self.settings.prompt_field)
         except PromptError:  # no prompt yet: clicks alone still drive SAM2
             objects = [ObjectSpec(label, "") for label in schema.labels] or [ObjectSpec(None, "")]
-        running = self.runtime.jobs.active_for_task(task.get("id"))
-        if running:  # the task's pre-annotation is being computed: correct that, not an empty start
-            self.runtime.jobs.wait(running, self.settings.interactive_wait_s)
-        shown: dict[ObjectSpec, tuple[VideoSegmentation | None, dict[int, Box]]] = {}
-
-        def reference(obj: ObjectSpec) -> tuple[VideoSegmentation | None, dict[int, Box]]:
-            """What the annotator sees of an object: our masks, else the stored prediction's masks or track."""
-            if obj not in shown:
-                seg = self._known(self._seg_key(task, obj))
-                if seg is None and schema.layout == "frames":
-                    seg = self._stored_masks(task, media, obj)
-                boxes = self._stored_track_boxes(task, media, obj) if seg is None else {}
-                shown[obj] = (seg, boxes)
-            return shown[obj]
-
-        def known_box(label: str | None, index: int) -> Box | None:
-            seg, boxes = reference(next((o for o in objects if o.label == label), objects[0]))
-            if seg is None:
-                return boxes.get(index)
-            box = mask_bbox(seg.masks[index])
-            return Box(index, *box) if box is not None else None
-
-        groups = parse_prompts(context, schema, frame, clock, known_box)
+        groups = self._new_prompts(task, media, objects, context, frame, clock)
+        if not groups:
+            return None
+        signature = tuple((obj, tuple(g.clicks), tuple(g.boxes)) for g, obj in groups)
+        if applied is not None and not self.runtime.first_application(applied, signature):
+            return None
         results: list[dict[str, Any]] = []
         scores = []
-        for group in groups:
-            obj = self._pick_object(group, objects, lambda o: reference(o)[0])
+        for group, obj in groups:
             with self.runtime.model_lock:
                 # looked up under the lock: a concurrent correction of this object may just have replaced
                 # the cached segmentation (and its session) with one holding its clicks
@@ -205,9 +206,39 @@ class DecafVideoModel:
                 self._keep(self._seg_key(task, obj), seg)
             results.extend(self._results(seg.masks, obj, seg.video))
             scores.append(seg.score)
-        if not groups:
-            log.info("task %s: the context holds no new click or box; nothing to correct", task.get("id"))
-        return prediction(results, float(np.mean(scores)) if scores else 0.0, self.model_version)
+        return prediction(results, float(np.mean(scores)), self.model_version)
+
+    def _new_prompts(
+        self,
+        task: Mapping[str, Any],
+        media: Media,
+        objects: list[ObjectSpec],
+        context: Mapping[str, Any],
+        frame: Frame,
+        clock: VideoClock | None,
+    ) -> list[tuple[ObjectPrompts, ObjectSpec]]:
+        """The context's prompts per object, keeping only video keyframes that differ from what we showed."""
+        schema = self._schema()
+        shown: dict[ObjectSpec, tuple[VideoSegmentation | None, list[dict[int, Box]]]] = {}
+
+        def reference(obj: ObjectSpec) -> tuple[VideoSegmentation | None, list[dict[int, Box]]]:
+            """What the annotator saw of an object: our masks, else the stored prediction's masks; plus every
+            track of ours stored for the task (an annotation may still hold an earlier one)."""
+            if obj not in shown:
+                seg = self._known(self._seg_key(task, obj))
+                if seg is None and schema.layout == "frames":
+                    seg = self._stored_masks(task, media, obj)
+                shown[obj] = (seg, self._predicted_tracks(task, media, obj))
+            return shown[obj]
+
+        def known_box(label: str | None, index: int) -> list[Box]:
+            seg, tracks = reference(next((o for o in objects if o.label == label), objects[0]))
+            boxes = [track[index] for track in tracks if index in track]
+            box = mask_bbox(seg.masks[index]) if seg is not None else None
+            return boxes if box is None else [Box(index, *box), *boxes]
+
+        groups = parse_prompts(context, schema, frame, clock, known_box)
+        return [(g, self._pick_object(g, objects, lambda o: reference(o)[0])) for g in groups]
 
     @staticmethod
     def _pick_object(
@@ -241,42 +272,54 @@ class DecafVideoModel:
             return seg, []
         if self._schema().layout == "frames":
             return self._stored_masks(task, media, obj) or _empty_segmentation(obj, media), []
-        boxes = self._stored_track_boxes(task, media, obj)
+        tracks = self._predicted_tracks(task, media, obj)
+        boxes = tracks[0] if tracks else {}
         largest = max(boxes.values(), key=lambda b: (b.x1 - b.x0) * (b.y1 - b.y0), default=None)
         return _empty_segmentation(obj, media), [largest] if largest is not None else []
 
-    def _stored_items(self, task: Mapping[str, Any], obj: ObjectSpec) -> list[Mapping[str, Any]]:
-        """The object's result items in the task's latest prediction of this model version."""
+    def _our_predictions(self, task: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """The task's predictions of this model version, newest first."""
         ours = [
             p
             for p in task.get("predictions") or []
             if isinstance(p, Mapping) and p.get("model_version") == self.model_version
         ]
-        if not ours:
-            return []
-        latest = max(ours, key=lambda p: (str(p.get("created_at") or ""), p.get("id") or 0))
+        return sorted(ours, key=lambda p: (str(p.get("created_at") or ""), p.get("id") or 0), reverse=True)
+
+    def _stored_items(
+        self, task: Mapping[str, Any], obj: ObjectSpec, stored: Mapping[str, Any] | None = None
+    ) -> list[Mapping[str, Any]]:
+        """The object's result items in one stored prediction (default: the task's latest of this version)."""
+        if stored is None:
+            ours = self._our_predictions(task)
+            if not ours:
+                return []
+            stored = ours[0]
         name = self._schema().output_name
         return [
             r
-            for r in latest.get("result") or []
+            for r in stored.get("result") or []
             if isinstance(r, Mapping) and r.get("from_name") == name and _is_object_item(r, obj)
         ]
 
-    def _stored_track_boxes(self, task: Mapping[str, Any], media: Media, obj: ObjectSpec) -> dict[int, Box]:
-        items = self._stored_items(task, obj) if self._schema().layout == "video" else []
-        if not items:
-            return {}
+    def _predicted_tracks(
+        self, task: Mapping[str, Any], media: Media, obj: ObjectSpec
+    ) -> list[dict[int, Box]]:
+        """The object's track in each stored prediction of ours, newest first (video layout; else [])."""
+        if self._schema().layout != "video":
+            return []
         info = media.info
-        try:
-            return track_boxes(
-                items[0],
-                VideoClock(info.fps, self._schema().framerate, info.num_frames),
-                info.width,
-                info.height,
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("task %s: stored track unusable (%s)", task.get("id"), exc)
-            return {}
+        clock = VideoClock(info.fps, self._schema().framerate, info.num_frames)
+        tracks = []
+        for stored in self._our_predictions(task):
+            items = self._stored_items(task, obj, stored)
+            if not items:
+                continue
+            try:
+                tracks.append(track_boxes(items[0], clock, info.width, info.height))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("task %s: stored track unusable (%s)", task.get("id"), exc)
+        return tracks
 
     def _stored_masks(
         self, task: Mapping[str, Any], media: Media, obj: ObjectSpec
@@ -294,7 +337,9 @@ class DecafVideoModel:
 
     # webhooks ------------------------------------------------------------------------------------------------
     def fit(self, event: str, data: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Training-free: annotation events only matter when they carry a new TextArea prompt to segment."""
+        """Training-free: a submitted/updated annotation matters when it carries a new TextArea prompt to segment,
+        or (video tracks) boxes the annotator drew or moved: the browser sends no interactive request for those.
+        Either way a background job does the work and posts a new prediction; the webhook answers at once."""
         if event not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
             return {"status": "ignored", "reason": f"DecAF is training-free; nothing to do for {event}"}
         schema = self.schema
@@ -302,14 +347,22 @@ class DecafVideoModel:
         annotation = data.get("annotation") or {}
         if (
             schema is None
-            or schema.textarea_name is None
             or not isinstance(task, Mapping)
             or "id" not in task
+            or not isinstance(annotation, Mapping)
         ):
-            return {"status": "ignored", "reason": "no prompt TextArea in this project"}
+            return {"status": "ignored", "reason": "no labeling config or task in the event"}
         task = dict(task, annotations=[annotation], drafts=[])
+        reply = {"status": "ignored", "reason": "no prompt TextArea or video track in this project"}
+        if schema.textarea_name is not None:
+            reply = self._queue_new_prompt(task)
+        if reply["status"] != "queued" and schema.layout == "video":
+            reply = self._queue_track_correction(task, annotation)
+        return reply
+
+    def _queue_new_prompt(self, task: dict[str, Any]) -> dict[str, Any]:
         try:
-            objects = schema.objects(task, None, self.settings.prompt_field)
+            objects = self._schema().objects(task, None, self.settings.prompt_field)
         except PromptError as exc:
             return {"status": "ignored", "reason": str(exc)}
         if self.cached_prediction(task) is not None:  # an update that kept the prompt: nothing new to segment
@@ -318,6 +371,35 @@ class DecafVideoModel:
         run = partial(self.predict_task, task)
         self.runtime.jobs.submit(key, task["id"], run, self.project_id, deferred=True, replace_ok=True)
         return {"status": "queued", "task": task["id"], "prompts": [o.prompt for o in objects]}
+
+    def _queue_track_correction(self, task: dict[str, Any], annotation: Mapping[str, Any]) -> dict[str, Any]:
+        """Queue the annotation's tracks as a correction; the job decides which keyframes are new (that needs
+        the video's size and our track, too slow for the webhook's reply)."""
+        tracks = [
+            r
+            for r in annotation.get("result") or []
+            if isinstance(r, Mapping) and r.get("type") == "videorectangle"
+        ]
+        if not tracks:
+            return {"status": "ignored", "reason": "the annotation holds no video track"}
+        context = {"result": tracks}
+        key = ("track-fix", self.project_id, task["id"], annotation.get("id"), _digest(tracks))
+        run = partial(self.correct_annotation, task, context, annotation.get("id"))
+        self.runtime.jobs.submit(key, task["id"], run, self.project_id, deferred=True, replace_ok=True)
+        return {"status": "queued", "task": task["id"], "tracks": len(tracks)}
+
+    def correct_annotation(
+        self, task: Mapping[str, Any], context: Mapping[str, Any], annotation_id: Any = None
+    ) -> dict[str, Any] | None:
+        """Runs in the job worker: the corrected tracks as a prediction to post, or None (nothing to post) when
+        every keyframe matches a track we predicted, or the same boxes were already applied for this annotation."""
+        # webhook tasks come without predictions: our stored tracks are read from the API
+        if "predictions" not in task:
+            task = dict(task, predictions=self.runtime.task_predictions(self.project_id, task["id"]))
+        fixed = self.apply_corrections(task, context, applied=(self.project_id, task["id"], annotation_id))
+        if fixed is None:
+            log.info("task %s: the annotation's tracks hold no new box; nothing to post", task["id"])
+        return fixed
 
     # helpers -------------------------------------------------------------------------------------------------
     def _media(self, task: Mapping[str, Any]) -> Media:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from .jobs import Job, JobQueue
@@ -22,6 +23,7 @@ from .store import SegmentationStore
 log = logging.getLogger(__name__)
 
 PipelineFactory = Callable[[Settings], Any]
+APPLIED_MEMORY = 10_000  # annotations whose last applied correction is remembered
 
 
 def default_pipeline_factory(settings: Settings) -> Any:
@@ -58,6 +60,8 @@ class Runtime:
         self.metrics = Metrics()
         self._setup_credentials: dict[Any, tuple[str, str]] = {}
         self._clients: dict[tuple[str, str], Any] = {}
+        self._applied: OrderedDict[Hashable, Hashable] = OrderedDict()  # last prompts per annotation
+        self._applied_lock = threading.Lock()
 
     # models -----------------------------------------------------------------------------------------------
     @property
@@ -140,6 +144,29 @@ class Runtime:
         )
         self.metrics.inc("predictions_posted_total")
         return True
+
+    def task_predictions(self, project: Any, task_id: Any) -> list[dict[str, Any]]:
+        """The task's stored predictions (webhook bodies carry the task without them)."""
+        return [
+            {
+                "id": p.id,
+                "model_version": p.model_version,
+                "created_at": str(p.created_at or ""),
+                "result": p.result or [],
+            }
+            for p in self._client(project).predictions.list(task=int(task_id))
+        ]
+
+    def first_application(self, source: Hashable, prompts: Hashable) -> bool:
+        """False when `prompts` are the ones last applied for `source` (an annotation resubmitted unchanged)."""
+        with self._applied_lock:
+            if self._applied.get(source) == prompts:
+                return False
+            self._applied[source] = prompts
+            self._applied.move_to_end(source)
+            while len(self._applied) > APPLIED_MEMORY:
+                self._applied.popitem(last=False)
+            return True
 
     def _deliver(self, job: Job) -> None:
         if job.prediction is not None:
