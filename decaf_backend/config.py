@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .errors import DecafError
 
 
 @dataclass(frozen=True)
@@ -48,18 +51,25 @@ class DecafConfig:
             raw = environ.get(f"DECAF_{f.name.upper()}")
             if raw is None or raw == "":
                 continue
-            values[f.name] = _parse(raw, f.type, f.name)
+            values[f.name] = parse_env_value(raw, f.type, f"DECAF_{f.name.upper()}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
 
-def _parse(raw: str, type_name: Any, name: str) -> Any:
+def parse_env_value(raw: str, type_name: Any, variable: str) -> Any:
+    """An environment variable's text as the field's type (bool, int, float, Path; else the text)."""
     text = str(type_name)
     try:
-        if "int" in text and "float" not in text:
+        if text == "bool":
+            if raw.strip().lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if text in ("int", "int | None"):
             return int(raw)
-        if "float" in text:
+        if text == "float":
             return float(raw)
+        if text == "Path":
+            return Path(raw).expanduser()
     except ValueError as exc:
-        raise ValueError(f"DECAF_{name.upper()}={raw!r} is not a valid {text}") from exc
+        raise DecafError(f"{variable}={raw!r} is not a valid {text}") from exc
     return raw

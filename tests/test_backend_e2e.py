@@ -28,7 +28,6 @@ from decaf_backend.backend.server import create_app
 from decaf_backend.backend.settings import Settings
 from decaf_backend.cli import main as cli_main
 from tests.conftest import encode_video, moving_disc_frames
-from tests.ls_fixtures import label_studio_fixture  # noqa: F401  (until tests/conftest.py registers it)
 from tests.ls_server import LabelStudioServer, free_port
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]

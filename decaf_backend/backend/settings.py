@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .. import __version__
-from ..errors import DecafError
+from ..config import parse_env_value
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Settings:
             raw = env.get(env_name(f.name))
             if raw is None or raw == "":
                 continue
-            values[f.name] = _parse(raw, f.type, f.name)
+            values[f.name] = parse_env_value(raw, f.type, env_name(f.name))
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "model_version" not in values and any(_random_weights(values.get(k)) for k in ("mllm", "sam2")):
             # predictions of the tiny test models must not pass for real ones in the Label Studio UI
@@ -83,21 +83,3 @@ _ENV_NAMES = {
 
 def env_name(field_name: str) -> str:
     return _ENV_NAMES.get(field_name, f"DECAF_{field_name.upper()}")
-
-
-def _parse(raw: str, type_name: object, name: str) -> object:
-    text = str(type_name)
-    try:
-        if text == "bool":
-            if raw.strip().lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
-                raise ValueError(raw)
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
-        if text == "int":
-            return int(raw)
-        if text == "float":
-            return float(raw)
-        if text == "Path":
-            return Path(raw).expanduser()
-    except ValueError as exc:
-        raise DecafError(f"{env_name(name)}={raw!r} is not a valid {text}") from exc
-    return raw
