@@ -42,7 +42,6 @@ from bench_rollout import reference_rollout, timed
 from decaf_backend.config import DecafConfig
 from decaf_backend.mllm import prompts
 from decaf_backend.mllm.loading import RANDOM_WEIGHTS_MARKER
-from decaf_backend.mllm.qk_capture import capture_qk
 from decaf_backend.pipeline import DecafPipeline
 from decaf_backend.rollout import rollout_last_row_from_qk
 from decaf_backend.types import Click
@@ -211,17 +210,8 @@ def capture_object_qk(pipeline: DecafPipeline, key_frames: list[np.ndarray], pro
     the token sequence is exactly the one `segment` rolled out.
     """
     adapter = pipeline.mllm
-    visual = adapter._video_visual(key_frames)
-    question = prompts.object_class_prompt(prompt, adapter._version("obj"))
-    num_tokens = int(visual.grid_thw[0].prod()) // adapter.merge_size**2
-    ids = adapter._prompt_ids(question, "video", num_tokens).to(adapter.device)
-    positions = torch.nonzero(ids[0] == adapter.video_token_id).flatten()
-    visual_range = (int(positions[0]), int(positions[-1]))
-    inputs = adapter._model_inputs(ids, visual, 0, 1)
-    with torch.inference_mode(), capture_qk(adapter.model, adapter.rollout_layers) as cap:
-        adapter.model(**inputs, use_cache=False, logits_to_keep=1)
-        qs, ks = cap.q_list(), cap.k_list()
-    return qs, ks, visual_range
+    question = prompts.object_class_prompt(prompt, adapter.config.prompt_version)
+    return adapter.video_prompt_qk(key_frames, question)
 
 
 def compare_rollouts(

@@ -13,7 +13,7 @@ import hashlib
 import inspect
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,41 +258,67 @@ class QwenVLAdapter:
                 raise DecafError("the tokenizer did not keep the visual pad tokens intact")
         return ids
 
-    def _run(self, visual: _Visual, question: str, generate: bool) -> AttentionResult:
-        merge2 = self.merge_size**2
-        grid = visual.grid_thw
-        if not bool((grid == grid[0]).all()):
-            raise DecafError("all key frames must have the same size")
-        num_tokens = int(grid[0].prod()) // merge2
-        ids_one = self._prompt_ids(question, visual.kind, num_tokens)
-        token = self.video_token_id if visual.kind == "video" else self.image_token_id
-        visual_pos = torch.nonzero(ids_one[0] == token).flatten()
-        visual_range = (int(visual_pos[0]), int(visual_pos[-1]))
+    def _prefills(
+        self, visual: _Visual, question: str, generate: bool
+    ) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor], list[str]]]:
+        """Per batch of prompts: the rollout layers' post-RoPE Q and K of the prefill, and the answers."""
+        ids_one = self._question_ids(visual, question)
         n_items = len(visual.features)
         # frame prompts share one length (same frame size, same text), so batches need no padding (§13)
         step = n_items if visual.kind == "video" else max(1, int(self.config.frame_batch_size))
-        rows, answers = [], []
         for start in range(0, n_items, step):
             stop = min(n_items, start + step)
             ids = ids_one.expand(stop - start, -1).to(self.device)
             inputs = self._model_inputs(ids, visual, start, stop)
+            answers: list[str] = []
             with torch.inference_mode(), capture_qk(self.model, self.rollout_layers) as cap:
                 if generate:
                     out = self.model.generate(**inputs, **self._generation_kwargs())
-                    answers.extend(self._decode(out[:, ids.shape[1] :]))
+                    answers = self._decode(out[:, ids.shape[1] :])
                 else:
                     self.model(**inputs, use_cache=False, logits_to_keep=1)
                 q_list, k_list = cap.q_list(), cap.k_list()
+            yield q_list, k_list, answers
+            del q_list, k_list, cap  # free this batch's Q/K before the next prefill captures its own
+
+    def _question_ids(self, visual: _Visual, question: str) -> torch.Tensor:
+        grid = visual.grid_thw
+        if not bool((grid == grid[0]).all()):
+            raise DecafError("all key frames must have the same size")
+        return self._prompt_ids(question, visual.kind, int(grid[0].prod()) // self.merge_size**2)
+
+    def _visual_range(self, visual: _Visual, ids: torch.Tensor) -> tuple[int, int]:
+        token = self.video_token_id if visual.kind == "video" else self.image_token_id
+        positions = torch.nonzero(ids[0] == token).flatten()
+        return int(positions[0]), int(positions[-1])
+
+    def video_prompt_qk(
+        self, video_frames: Sequence[np.ndarray], question: str
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[int, int]]:
+        """Q/K of the rollout layers from one prefill of a video-level prompt, and its visual range
+        (for benchmarks and checks that compare rollout implementations on the model's own Q/K)."""
+        visual = self._video_visual(video_frames)
+        q_list, k_list, _ = next(self._prefills(visual, question, generate=False))
+        return q_list, k_list, self._visual_range(visual, self._question_ids(visual, question))
+
+    def _run(self, visual: _Visual, question: str, generate: bool) -> AttentionResult:
+        ids_one = self._question_ids(visual, question)
+        visual_range = self._visual_range(visual, ids_one)
+        rows, answers = [], []
+        for q_list, k_list, batch_answers in self._prefills(visual, question, generate):
             rows.append(
                 rollout_last_row_from_qk(
                     q_list, k_list, visual_range, block_rows=self.config.rollout_block_rows
                 )
             )
-            del q_list, k_list, cap
+            answers.extend(batch_answers)
+            del q_list, k_list
+        n_items = len(visual.features)
         rollout = torch.cat(rows).cpu().numpy().astype(np.float32)
         input_ids = ids_one.expand(n_items, -1).numpy().astype(np.int64)
+        token = self.video_token_id if visual.kind == "video" else self.image_token_id
         visual_mask = input_ids == token
-        grid_np = grid.cpu().numpy().astype(np.int64)
+        grid_np = visual.grid_thw.cpu().numpy().astype(np.int64)
         t = int(grid_np[0, 0]) if visual.kind == "video" else n_items
         shape = (t, int(grid_np[0, 1]) // self.merge_size, int(grid_np[0, 2]) // self.merge_size)
         return AttentionResult(
