@@ -190,9 +190,8 @@ class QwenVLAdapter:
         frames = _check_frames(video_frames)
         size = self.video_size(*frames[0].shape[:2])
         key = _cache_key("video", size, frames)
-        if key in self._vision_cache:
-            self._vision_cache.move_to_end(key)
-            return self._vision_cache[key]
+        if (cached := self._cached(key)) is not None:
+            return cached
         clip = [_resize(f, size) for f in frames]
         if len(clip) % self.temporal_patch_size:  # qwen-vl-utils: repeat the last frame up to an even count
             clip += [clip[-1]] * (self.temporal_patch_size - len(clip) % self.temporal_patch_size)
@@ -209,9 +208,8 @@ class QwenVLAdapter:
         frames = _check_frames(video_frames)
         size = self.frame_size(*frames[0].shape[:2])
         key = _cache_key("image", size, frames)
-        if key in self._vision_cache:
-            self._vision_cache.move_to_end(key)
-            return self._vision_cache[key]
+        if (cached := self._cached(key)) is not None:
+            return cached
         grids, features = [], []
         step = max(1, int(self.config.frame_batch_size))
         for start in range(0, len(frames), step):
@@ -225,6 +223,12 @@ class QwenVLAdapter:
                 )
             grids.append(grid)
         return self._remember(key, _Visual("image", torch.cat(grids), tuple(features)))
+
+    def _cached(self, key: str) -> _Visual | None:
+        visual = self._vision_cache.get(key)
+        if visual is not None:
+            self._vision_cache.move_to_end(key)
+        return visual
 
     def _remember(self, key: str, visual: _Visual) -> _Visual:
         self._vision_cache[key] = visual
