@@ -4,6 +4,7 @@ server for Label Studio's media and prediction API. Requests are shaped like Lab
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,15 +170,17 @@ def test_task_opened_request_answers_fast_and_posts_the_prediction_later(media: 
     client, segmenter, _ = _make(media, tmp_path, open_wait_s=0.0)
     segmenter_segment = segmenter.segment
 
-    def slow_segment(video: Any, prompt: str, progress: Any = None) -> Any:
-        time.sleep(0.5)
+    release = threading.Event()
+
+    def held_segment(video: Any, prompt: str, progress: Any = None) -> Any:
+        release.wait(30)  # the segmentation cannot finish before the reply has been checked
         return segmenter_segment(video, prompt)
 
-    segmenter.segment = slow_segment  # type: ignore[method-assign]
-    start = time.monotonic()
+    segmenter.segment = held_segment  # type: ignore[method-assign]
     reply = _predict(client, [_task(11)])
-    assert time.monotonic() - start < 0.5
+    assert not fake.predictions  # the reply came while DecAF was still running
     assert reply.get_json()["results"] == [[]]  # nothing for Label Studio to store: no empty prediction
+    release.set()
     deadline = time.monotonic() + 20
     while not fake.predictions and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -378,14 +381,16 @@ def test_video_annotation_webhook_turns_moved_boxes_into_a_new_prediction(media:
                     width=100 * (gx.max() + 1 - gx.min()) / W, height=100 * (gy.max() + 1 - gy.min()) / H)  # fmt: skip
     refine = segmenter.refine
 
-    def slow_refine(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.5)
+    release = threading.Event()
+
+    def held_refine(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)  # the refinement cannot finish before the webhook's answer has been checked
         return refine(*args, **kwargs)
 
-    segmenter.refine = slow_refine  # type: ignore[method-assign]
-    start = time.monotonic()
+    segmenter.refine = held_refine  # type: ignore[method-assign]
     updated = client.post("/webhook", json=event("ANNOTATION_UPDATED", moved))
-    assert time.monotonic() - start < 0.5 and updated.status_code == 201  # answered before the work is done
+    assert updated.status_code == 201 and len(fake.predictions) == 1  # answered before the work is done
+    release.set()
     _wait_for_jobs(runtime)
     assert len(fake.predictions) == 2
     posted = fake.predictions[-1]
