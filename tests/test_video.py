@@ -124,6 +124,16 @@ def test_random_access_is_pixel_identical_to_sequential_decode(video_file):
     assert np.array_equal(reader[-1], reference[-1])
 
 
+def test_a_closed_reader_reopens_on_the_next_access(video_file):
+    """The backend closes readers it evicts; a session still holding one must keep working."""
+    reference = decode_all(video_file)
+    reader = open_video(video_file)
+    assert np.array_equal(reader[7], reference[7])
+    reader.close()
+    assert reader._container is None  # the file handle is released
+    assert np.array_equal(reader[7], reference[7]) and np.array_equal(reader[2], reference[2])
+
+
 def test_frames_come_in_presentation_order(video_file, source):
     """Each decoded frame is closest to the source frame of the same index (lossy codec, so no equality)."""
     reader = open_video(video_file)

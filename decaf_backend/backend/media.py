@@ -121,7 +121,12 @@ class MediaFetcher:
         with self._lock:
             self._readers[key] = media
             while len(self._readers) > self._keep:
-                self._readers.popitem(last=False)
+                # release the file handle and decoded frames; a live session still holding the reader
+                # reopens the file on its next access
+                _, evicted = self._readers.popitem(last=False)
+                close = getattr(evicted.reader, "close", None)
+                if close is not None:
+                    close()
         return media
 
     def _open_uncached(
