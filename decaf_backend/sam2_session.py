@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import DecafError, ModelNotFoundError, PromptError, PromptOutOfRangeError, VideoError
+from .devices import pick_device, torch_dtype
+from .errors import ModelNotFoundError, PromptError, PromptOutOfRangeError, VideoError
 
 DEFAULT_SAM2 = "facebook/sam2.1-hiera-large"
 
@@ -497,44 +498,13 @@ class Sam2Files:
     random_weights: bool = False
 
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else cuda > mps > cpu."""
-    if device is not None:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise DecafError(f"device {device!r} requested but CUDA is not available")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise DecafError(f"device {device!r} requested but MPS is not available")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-_DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "float": torch.float32,
-}
-
-
 def autocast_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for SAM2 (None = plain fp32). Default: bf16 on GPUs that support it, else fp32."""
     if dtype is None:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return None
-    if isinstance(dtype, str):
-        if dtype.lower() not in _DTYPES:
-            raise DecafError(f"unknown dtype {dtype!r}: use one of bf16, fp16, fp32")
-        dtype = _DTYPES[dtype.lower()]
+    dtype = torch_dtype(dtype)
     return None if dtype == torch.float32 else dtype
 
 

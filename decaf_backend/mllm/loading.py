@@ -26,17 +26,6 @@ RANDOM_WEIGHTS_MARKER = "DECAF_RANDOM_WEIGHTS"
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
-_DTYPE_NAMES = {
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-    "half": "float16",
-    "fp32": "float32",
-    "float32": "float32",
-    "float": "float32",
-}
-
 
 def _load_qwen(path: str, model_type: str, device: Any, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoImageProcessor, AutoProcessor
@@ -74,40 +63,21 @@ def supported_model_types() -> list[str]:
 
 
 def resolve_device(device: str | None = None) -> Any:
-    """`device` as given, else the best available: cuda > mps > cpu."""
-    import torch
+    """`device` as given, else the best available: cuda > mps > cpu (see decaf_backend.devices)."""
+    from ..devices import pick_device
 
-    if device:
-        try:
-            chosen = torch.device(device)
-        except RuntimeError as exc:
-            raise DecafError(f"unknown device {device!r}: use cuda, cuda:N, mps or cpu") from exc
-        mps = getattr(torch.backends, "mps", None)
-        if (chosen.type == "cuda" and not torch.cuda.is_available()) or (
-            chosen.type == "mps" and not (mps is not None and mps.is_available())
-        ):
-            raise DecafError(f"device {device!r} was asked for but is not available on this machine")
-        return chosen
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return pick_device(device)
 
 
 def resolve_dtype(dtype: Any, device: Any) -> Any:
     """`dtype` as given (torch dtype or name like bf16/fp32), else bf16 on GPUs (cuda, mps) and fp32 on CPU."""
     import torch
 
-    if isinstance(dtype, torch.dtype):
-        return dtype
+    from ..devices import torch_dtype
+
     if dtype is None or str(dtype).lower() == "auto":
         return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
-    name = _DTYPE_NAMES.get(str(dtype).lower().removeprefix("torch."))
-    if name is None:
-        raise DecafError(f"unknown dtype {dtype!r}: use bf16, fp16 or fp32")
-    return getattr(torch, name)
+    return torch_dtype(dtype)
 
 
 def _config_from_hub(repo_id: str) -> Path:
