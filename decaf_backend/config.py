@@ -10,6 +10,10 @@ from typing import Any
 
 from .errors import DecafError
 
+# the checkpoints used when neither an argument nor DECAF_MLLM / DECAF_SAM2 names one
+DEFAULT_MLLM = "Qwen/Qwen2.5-VL-7B-Instruct"
+DEFAULT_SAM2 = "facebook/sam2.1-hiera-large"
+
 
 @dataclass(frozen=True)
 class DecafConfig:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import DecafConfig
+from .config import DEFAULT_MLLM, DEFAULT_SAM2, DecafConfig
 from .errors import PromptError, PromptOutOfRangeError, VideoError
 from .fusion import coarse_masks, fuse_maps
 from .points import candidate_points
@@ -20,8 +20,6 @@ from .tracking import VideoPredictor, segment_with_points, track_both_ways
 from .types import Box, Click, FrameMasks, VideoInfo, VideoSegmentation
 from .video import VideoReader, key_frame_indices, open_video
 
-DEFAULT_MLLM = "Qwen/Qwen2.5-VL-7B-Instruct"
-DEFAULT_SAM2 = "facebook/sam2.1-hiera-large"
 CORRECTION_OBJECT_ID = 1
 
 Progress = Callable[[str, float], None]

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import DEFAULT_SAM2
 from .devices import pick_device, torch_dtype
 from .errors import ModelNotFoundError, PromptError, PromptOutOfRangeError, VideoError
+from .video import as_rgb
 
-DEFAULT_SAM2 = "facebook/sam2.1-hiera-large"
 
 # hub id -> (config inside the sam2 package, checkpoint file of the hub repository); same as sam2.build_sam
 HUB_MODELS: dict[str, tuple[str, str]] = {
@@ -136,7 +137,7 @@ class Sam2Frames:
         if len(frames) == 0:
             raise VideoError("SAM2 needs at least one frame")
         self.frames, self.image_size = frames, int(image_size)
-        first = _rgb(frames[0])
+        first = as_rgb(frames[0])
         self.video_height, self.video_width = int(first.shape[0]), int(first.shape[1])
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
@@ -153,7 +154,7 @@ class Sam2Frames:
             if index in self._cache:
                 self._cache.move_to_end(index)
                 return self._cache[index]
-        frame = _rgb(self.frames[index])
+        frame = as_rgb(self.frames[index])
         if frame.shape[:2] != (self.video_height, self.video_width):
             raise VideoError(
                 f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, frame 0 is "
@@ -168,15 +169,6 @@ class Sam2Frames:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return image
-
-
-def _rgb(frame: Any) -> np.ndarray:
-    array = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
-        raise VideoError(f"frames must be HxWx3 uint8 arrays, got {array.dtype} {array.shape}")
-    return np.ascontiguousarray(array[:, :, :3])
 
 
 # ------------------------------------------------------------------------------------------------ sam2 hooks

@@ -103,7 +103,10 @@ def list_frame_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
-def _as_rgb(frame: Any) -> np.ndarray:
+def as_rgb(frame: Any) -> np.ndarray:
+    """A frame (numpy array or CPU/GPU tensor; gray, RGB or RGBA uint8) as a contiguous HxWx3 uint8 array."""
+    if hasattr(frame, "detach"):  # a torch tensor, without importing torch here
+        frame = frame.detach().cpu().numpy()
     array = np.asarray(frame)
     if array.dtype != np.uint8:
         raise VideoError(f"frames must be uint8 arrays, got {array.dtype}")
@@ -590,7 +593,7 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.
 
 
 def _write_gif(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
-    images = [Image.fromarray(_as_rgb(f)) for f in frames]
+    images = [Image.fromarray(as_rgb(f)) for f in frames]
     if not images:
         raise VideoError(f"no frames to write to {path.name}")
     if any(im.size != images[0].size for im in images):
@@ -607,7 +610,7 @@ def _write_av(path: Path, frames: Iterable[np.ndarray], fps: float, codec: str) 
     with av.open(str(path), mode="w") as container:
         stream = None
         for frame in frames:
-            rgb = _as_rgb(frame)
+            rgb = as_rgb(frame)
             if size is None:
                 size = rgb.shape[:2]
                 stream = container.add_stream(codec, rate=rate)
