@@ -30,7 +30,6 @@ from .devices import pick_device, torch_dtype
 from .errors import ModelNotFoundError, PromptError, PromptOutOfRangeError, VideoError
 from .video import as_rgb
 
-
 # hub id -> (config inside the sam2 package, checkpoint file of the hub repository); same as sam2.build_sam
 HUB_MODELS: dict[str, tuple[str, str]] = {
     "facebook/sam2-hiera-tiny": ("configs/sam2/sam2_hiera_t.yaml", "sam2_hiera_tiny.pt"),
