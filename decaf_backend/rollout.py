@@ -252,9 +252,7 @@ def rollout_last_row_from_qk(
             v[end] = 1.0
             item_weights = []
             for q, k in zip(reversed(q_per_layer), reversed(k_per_layer)):
-                v, w = _layer_pass(
-                    q[b, :, :n], k[b, :, :n], v, visual_range, block_rows, chunk, positions
-                )
+                v, w = _layer_pass(q[b, :, :n], k[b, :, :n], v, visual_range, block_rows, chunk, positions)
                 item_weights.append(w)
             rows[b, :n] = v
             weights_rev.append(torch.stack(item_weights))

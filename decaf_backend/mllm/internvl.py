@@ -25,9 +25,7 @@ from .prefill import EncodedVisual, PrefillAdapter
 __all__ = ["INTERNVL_SYSTEM_PROMPT", "InternVLAdapter", "tiling"]
 
 # InternVL's default system message (the reference's SYS_INTERNVL)
-INTERNVL_SYSTEM_PROMPT = (
-    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
-)
+INTERNVL_SYSTEM_PROMPT = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 
 
 def tiling(image_processor: Any, image_hw: tuple[int, int]) -> tuple[int, int]:
@@ -81,8 +79,12 @@ class InternVLAdapter(PrefillAdapter):
         # with more than one tile the processor appends a thumbnail tile: the reference drops it
         expected = n_tiles + (1 if n_tiles > 1 else 0)
         if any(n != expected for n in num_patches):
-            raise DecafError(f"InternVL image processor cut {num_patches} tiles, expected {expected} per frame")
-        pixels = processed["pixel_values"].reshape(len(frames), expected, *processed["pixel_values"].shape[1:])
+            raise DecafError(
+                f"InternVL image processor cut {num_patches} tiles, expected {expected} per frame"
+            )
+        pixels = processed["pixel_values"].reshape(
+            len(frames), expected, *processed["pixel_values"].shape[1:]
+        )
         features = self._tile_features(pixels[:, :n_tiles].flatten(0, 1))
         features = features.reshape(len(frames), n_tiles * self.tokens_per_tile, -1)
         s = self.tile_side

@@ -37,7 +37,9 @@ def anyres_grid(model_config: Any, image_hw: tuple[int, int]) -> tuple[tuple[int
 
     vision = model_config.vision_config
     side = vision.image_size // vision.patch_size
-    rows, cols = get_anyres_image_grid_shape(list(image_hw), model_config.image_grid_pinpoints, vision.image_size)
+    rows, cols = get_anyres_image_grid_shape(
+        list(image_hw), model_config.image_grid_pinpoints, vision.image_size
+    )
     unpadded = unpad_image(torch.empty(0, rows * side, cols * side), list(image_hw))
     height, width = unpadded.shape[1:]
     max_tiles = int(model_config.vision_aspect_ratio.strip("anyres_max_"))
@@ -65,7 +67,9 @@ class LlavaOnevisionAdapter(PrefillAdapter):
         pooled = math.ceil(self.patches_per_side / 2)
         t = len(frames)
         if features.shape[1] != t * pooled * pooled:
-            raise DecafError(f"LLaVA-OV video features {tuple(features.shape)} do not fit {t}x{pooled}x{pooled}")
+            raise DecafError(
+                f"LLaVA-OV video features {tuple(features.shape)} do not fit {t}x{pooled}x{pooled}"
+            )
         grid = np.array([[t, pooled, pooled]], dtype=np.int64)
         return EncodedVisual("video", 1, features, (t, pooled, pooled), grid)
 

@@ -195,7 +195,10 @@ class PrefillAdapter:
             inputs = self._model_inputs(ids, visual, start, stop)
             answers: list[str] = []
             # the language model only: vision towers (SigLIP, InternViT) have q/k projections too
-            with torch.inference_mode(), capture_qk(self.model.model.language_model, self.rollout_layers) as cap:
+            with (
+                torch.inference_mode(),
+                capture_qk(self.model.model.language_model, self.rollout_layers) as cap,
+            ):
                 if generate:
                     out = self.model.generate(**inputs, **self._generation_kwargs())
                     answers = self._decode(out[:, ids.shape[1] :])

@@ -72,7 +72,7 @@ def resize_frame(frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB")
     if image.size != (size_hw[1], size_hw[0]):  # bicubic: PIL's default, as in qwen-vl-utils
         image = image.resize((size_hw[1], size_hw[0]), Image.Resampling.BICUBIC)
-    return np.asarray(image)
+    return np.array(image)  # writable: torch.from_numpy warns on read-only arrays
 
 
 @dataclass

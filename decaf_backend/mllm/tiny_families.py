@@ -87,7 +87,9 @@ def _llava_onevision(seed: int) -> tuple[Any, Any, dict[str, int], int]:
 
     specials = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
     tokenizer = byte_level_tokenizer(specials, {"image_token": "<image>", "video_token": "<video>"})
-    ids = _ids(tokenizer, {"eos": "<|im_end|>", "pad": "<|endoftext|>", "image": "<image>", "video": "<video>"})
+    ids = _ids(
+        tokenizer, {"eos": "<|im_end|>", "pad": "<|endoftext|>", "image": "<image>", "video": "<video>"}
+    )
     tile, patch = 56, 8  # 7×7 patches per tile (the real 384-px SigLIP grid, scaled down)
     pinpoints = [[tile * i, tile * j] for i in range(1, 7) for j in range(1, 7)]
     vocab = 261
@@ -207,7 +209,12 @@ def _qwen3_vl(seed: int) -> tuple[Any, Any, dict[str, int], int]:
         _TEXT,
         vocab_size=vocab,
         head_dim=16,
-        rope_parameters={"rope_type": "default", "rope_theta": 5e5, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5e5,
+            "mrope_section": [2, 3, 3],
+            "mrope_interleaved": True,
+        },
         pad_token_id=ids["pad"],
     )
     vision = dict(
