@@ -42,7 +42,7 @@ def anyres_grid(model_config: Any, image_hw: tuple[int, int]) -> tuple[tuple[int
     )
     unpadded = unpad_image(torch.empty(0, rows * side, cols * side), list(image_hw))
     height, width = unpadded.shape[1:]
-    max_tiles = int(model_config.vision_aspect_ratio.strip("anyres_max_"))
+    max_tiles = int(model_config.vision_aspect_ratio.removeprefix("anyres_max_"))
     ratio = math.sqrt(height * width / (max_tiles * side**2))
     if ratio > 1.1:  # the same shrink as pack_image_features
         height, width = int(height // ratio), int(width // ratio)

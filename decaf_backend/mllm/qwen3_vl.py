@@ -13,6 +13,7 @@ take the max over the exact visual positions (as the reference does for InternVL
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -55,13 +56,18 @@ class Qwen3VLAdapter(PrefillAdapter):
         metadata = VideoMetadata(
             total_num_frames=len(clip), fps=_KEY_FRAME_FPS, frames_indices=list(range(len(clip)))
         )
-        processed = self.processor.video_processor(
+        video_processor = self.processor.video_processor
+        extra = {}
+        if "cap_pixels_per_frame" in inspect.signature(video_processor._preprocess).parameters:
+            extra["cap_pixels_per_frame"] = False  # silences a per-call warning; we resized already
+        processed = video_processor(
             videos=[np.stack(clip)],
             video_metadata=[metadata],
             do_resize=False,
             do_sample_frames=False,
             return_metadata=True,
             return_tensors="pt",
+            **extra,
         )
         grid = processed["video_grid_thw"].to(self.device)
         output = self.model.model.get_video_features(

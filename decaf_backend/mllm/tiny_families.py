@@ -71,6 +71,17 @@ def _text_config(vocab: int, ids: dict[str, int]) -> dict[str, Any]:
     )
 
 
+def _amplify(model: Any, names: tuple[str, ...], gain: float = 10.0) -> None:
+    """Scale these weights (as the golden tiny models do): random default inits give near-identical visual
+    tokens, so object and background attention would not differ across the frame."""
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            params[name].mul_(gain)
+
+
 def _ids(tokenizer: Any, names: dict[str, str]) -> dict[str, int]:
     return {key: int(tokenizer.convert_tokens_to_ids(token)) for key, token in names.items()}
 
@@ -114,6 +125,13 @@ def _llava_onevision(seed: int) -> tuple[Any, Any, dict[str, int], int]:
     )
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
+    _amplify(
+        model,
+        (
+            "model.vision_tower.embeddings.patch_embedding.weight",
+            "model.multi_modal_projector.linear_2.weight",
+        ),
+    )
     size = {"height": tile, "width": tile}
     processor = LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
@@ -168,6 +186,13 @@ def _internvl(seed: int) -> tuple[Any, Any, dict[str, int], int]:
     )
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
+    _amplify(
+        model,
+        (
+            "model.vision_tower.embeddings.patch_embeddings.projection.weight",
+            "model.multi_modal_projector.linear_2.weight",
+        ),
+    )
     size = {"height": tile, "width": tile}
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     processor = InternVLProcessor(
