@@ -30,7 +30,7 @@ from ..types import AttentionResult
 from . import prompts
 from .qk_capture import capture_qk
 
-__all__ = ["QWEN_MODEL_TYPES", "QwenVLAdapter", "smart_resize", "video_frame_size"]
+__all__ = ["QWEN_MODEL_TYPES", "QwenVLAdapter", "resize_frame", "smart_resize", "video_frame_size"]
 
 QWEN_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 
@@ -68,11 +68,11 @@ def video_frame_size(height: int, width: int, tokens_per_frame: int, factor: int
     return smart_resize(height, width, factor, _MIN_PIXELS, tokens_per_frame * factor * factor)
 
 
-def _resize(frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+def resize_frame(frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB")
     if image.size != (size_hw[1], size_hw[0]):  # bicubic: PIL's default, as in qwen-vl-utils
         image = image.resize((size_hw[1], size_hw[0]), Image.Resampling.BICUBIC)
-    return np.asarray(image)
+    return np.array(image)  # writable: torch.from_numpy warns on read-only arrays
 
 
 @dataclass
@@ -192,7 +192,7 @@ class QwenVLAdapter:
         key = _cache_key("video", size, frames)
         if (cached := self._cached(key)) is not None:
             return cached
-        clip = [_resize(f, size) for f in frames]
+        clip = [resize_frame(f, size) for f in frames]
         if len(clip) % self.temporal_patch_size:  # qwen-vl-utils: repeat the last frame up to an even count
             clip += [clip[-1]] * (self.temporal_patch_size - len(clip) % self.temporal_patch_size)
         processed = self.processor.video_processor(
@@ -213,7 +213,7 @@ class QwenVLAdapter:
         grids, features = [], []
         step = max(1, int(self.config.frame_batch_size))
         for start in range(0, len(frames), step):
-            images = [_resize(f, size) for f in frames[start : start + step]]
+            images = [resize_frame(f, size) for f in frames[start : start + step]]
             processed = self.processor.image_processor(images=images, do_resize=False, return_tensors="pt")
             grid = processed["image_grid_thw"].to(self.device)
             with torch.inference_mode():
