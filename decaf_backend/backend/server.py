@@ -20,7 +20,7 @@ from ..errors import DecafError
 from .errors import LabelConfigError, RequestError
 from .model import DecafVideoModel, project_id_of
 from .runtime import Runtime, get_runtime, set_runtime
-from .settings import Settings
+from .settings import Settings, check_serving_access
 
 log = logging.getLogger(__name__)
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
@@ -143,6 +143,9 @@ def serve(settings: Settings, runtime: Runtime | None = None) -> None:
     """Run the app in one process with threads (sessions live in this process; see runtime.py)."""
     from werkzeug.serving import make_server
 
+    warning = check_serving_access(settings)  # raises AccessError before anything listens
+    if warning:
+        log.warning("%s", warning)
     runtime = runtime or Runtime(settings)
     if settings.preload:
         runtime.preload_in_background()
