@@ -7,8 +7,9 @@ checked here first (docs/security.md):
   DECAF_MEDIA_ALLOWED_PREFIXES; Label Studio's relative forms (/data/upload/..., /data/local-files/?d=...,
   /storage-data/..., s3:// gs:// azure-blob:// through its presign route) resolve to its origin;
 - when a connection is made, every address the host name resolves to is checked: loopback, private, link-local
-  and other non-public addresses are refused unless the URL names exactly the host and port of the Label Studio
-  origin or of an allowed prefix (see `address_allowed`); redirects go through the same checks;
+  and other non-public addresses are refused unless the host and port are Label Studio's, or an allowed prefix's
+  written as an address, `localhost` or a one-word name (see `address_allowed`); redirects go through the same
+  checks;
 - local-files paths stay under LOCAL_FILES_DOCUMENT_ROOT (symlinks resolved first) and must be regular files.
 
 The token goes only to Label Studio's own origin.
@@ -30,6 +31,7 @@ from label_studio_sdk._extensions.label_studio_tools.core.utils.io import encode
 from .errors import MediaError
 
 CLOUD_SCHEMES = ("s3:", "gs:", "azure-blob:")
+LABEL_STUDIO_MEDIA_PATHS = ("/data/", "/storage-data/")  # relative task URLs Label Studio serves media under
 _SECRET_PARAM = re.compile(r"sig|signature|token|key|credential|secret|pass|auth|session", re.IGNORECASE)
 
 
@@ -119,6 +121,14 @@ def redact_url(url: object, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _names_a_local_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host == "localhost" or "." not in host
+
+
 def _host_text(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -140,8 +150,10 @@ class MediaPolicy:
         if self.local_root is not None and self.local_root == Path(self.local_root.anchor):
             raise MediaError("LOCAL_FILES_DOCUMENT_ROOT must not be the file system root")
         self.max_bytes = max_bytes
-        # (host, port) pairs the operator named: only these may be non-public addresses
-        self._named = {(o.host, o.port) for o in [self.origin, *(p.origin for p in self.prefixes)] if o}
+        # (host, port) pairs that may have non-public addresses: Label Studio's, and prefixes written as an
+        # address, localhost or a one-word (compose service) name; a dotted name must resolve to public addresses
+        local = [p.origin for p in self.prefixes if _names_a_local_host(p.origin.host)]
+        self._local_ok = {(o.host, o.port) for o in [self.origin, *local] if o}
 
     # URLs -------------------------------------------------------------------------------------------------
     def plan(self, url: str, task_id: object = None) -> LocalFile | Remote:
@@ -167,6 +179,12 @@ class MediaPolicy:
                 "(file paths and other schemes are never read)"
             )
         path = urlsplit(url).path
+        if not path.startswith(LABEL_STUDIO_MEDIA_PATHS) or ".." in unquote(path).split("/"):
+            # our token must not fetch arbitrary Label Studio pages (its API) on behalf of a task
+            raise MediaRefused(
+                f"media URL {redact_url(url)} is not a Label Studio media path "
+                f"({', '.join(LABEL_STUDIO_MEDIA_PATHS)}) nor an http(s) URL"
+            )
         if path.startswith("/data/local-files"):
             relative = _local_files_param(url)
             if self.local_root is not None:
@@ -223,13 +241,14 @@ class MediaPolicy:
 
     # addresses --------------------------------------------------------------------------------------------
     def address_allowed(self, host: str, port: int, address: str) -> bool:
-        """Public addresses are fine; any other (loopback, private, link-local, ...) only for a named host:port."""
+        """Public addresses are fine; others (loopback, private, link-local, ...) only for Label Studio's host and
+        port or an allowed prefix that names a local host (see __init__)."""
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         if ip.is_global and not ip.is_multicast:
             return True
-        return (host.lower().strip("[]").rstrip("."), port) in self._named
+        return (host.lower().strip("[]").rstrip("."), port) in self._local_ok
 
     # local files ------------------------------------------------------------------------------------------
     def local_path(self, relative: str) -> Path | None:
