@@ -54,7 +54,7 @@ def create_app(
             and hmac.compare_digest(auth.password or "", settings.basic_auth_pass)
         ):
             return None
-        runtime.metrics.inc("unauthorized_total", route=request.path)
+        runtime.metrics.inc("unauthorized_total", route=_route())
         return Response(
             '{"error": "authentication required"}',
             401,
@@ -64,9 +64,9 @@ def create_app(
     @app.after_request
     def count(response: Response) -> Response:
         start = request.environ.get("decaf.start")
-        runtime.metrics.inc("requests_total", route=request.path, status=str(response.status_code))
+        runtime.metrics.inc("requests_total", route=_route(), status=str(response.status_code))
         if start is not None:
-            runtime.metrics.inc("request_seconds_total", time.perf_counter() - start, route=request.path)
+            runtime.metrics.inc("request_seconds_total", time.perf_counter() - start, route=_route())
         return response
 
     @app.errorhandler(Exception)
@@ -130,6 +130,11 @@ def create_app(
         return Response(runtime.metrics.render(runtime.gauges()), mimetype="text/plain; version=0.0.4")
 
     return app
+
+
+def _route() -> str:
+    """The matched route for metric labels: any path a client sends would grow /metrics without bound."""
+    return request.url_rule.rule if request.url_rule is not None else "unmatched"
 
 
 def _json_body() -> dict[str, Any]:
