@@ -167,3 +167,28 @@ def test_access_rules_allow_an_explicit_opt_out() -> None:
     assert check_serving_access(Settings(basic_auth_user="u", basic_auth_pass="p")) is None
     with pytest.raises(AccessError, match="BASIC_AUTH_USER and BASIC_AUTH_PASS"):
         check_serving_access(Settings())
+
+
+def test_docker_setup_generates_and_requires_the_credentials() -> None:
+    """make-env.sh fills every secret of example.env with a fresh value; compose refuses an empty password; the
+    backend in its container (0.0.0.0) starts with the generated settings and refuses without them."""
+    from decaf_backend.backend.settings import AccessError, check_serving_access
+
+    def parse(text: str) -> dict[str, str]:
+        pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+        return {k: v for k, v in pairs}
+
+    made = [
+        parse(subprocess.run(["sh", str(REPO / "docker" / "make-env.sh")], capture_output=True, text=True,
+                             check=True).stdout)
+        for _ in range(2)
+    ]  # fmt: skip
+    secrets = ("LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_API_KEY", "BASIC_AUTH_PASS", "WEBHOOK_SECRET")
+    assert all(env[k] and made[0][k] != made[1][k] for env in made for k in secrets)
+    assert len(made[0]["LABEL_STUDIO_API_KEY"]) == 40 and int(made[0]["LABEL_STUDIO_API_KEY"], 16) >= 0
+    assert check_serving_access(Settings.from_env(made[0], host="0.0.0.0")) is None
+    example = parse((REPO / "docker" / "example.env").read_text())
+    with pytest.raises(AccessError):
+        check_serving_access(Settings.from_env(example, host="0.0.0.0"))
+    compose = (REPO / "docker" / "docker-compose.yml").read_text()
+    assert "BASIC_AUTH_PASS: ${BASIC_AUTH_PASS:?" in compose and '"127.0.0.1:${DECAF_PORT' in compose
