@@ -344,7 +344,7 @@ class PyAVVideoReader(VideoReader):
         # from the start, frames can be counted; after a real seek, timestamps tell where the decoder is
         self._pos = -1 if not table.seekable or keyframe == 0 else None
 
-    def _next_frame(self) -> tuple[int, np.ndarray] | None:
+    def _next_frame(self, wanted: int) -> tuple[int, np.ndarray] | None:
         """Decode the next frame of the running decoder: (presentation index, rgb), None at the end."""
         assert self._decoder is not None
         try:
@@ -352,7 +352,10 @@ class PyAVVideoReader(VideoReader):
         except StopIteration:
             return None
         except Exception as exc:
-            raise VideoError(f"{self.path.name}: decoding failed ({exc})") from exc
+            near = wanted if self._pos is None else self._pos + 1
+            raise VideoError(
+                f"{self.path.name} is corrupt near frame {near}: the decoder refused its data ({exc})"
+            ) from exc
         index = self._index_table.frame_of(frame.pts) if self._index_table.seekable else None
         if index is None:  # no usable timestamp: count frames from a known position
             index = 0 if self._pos is None else self._pos + 1
@@ -361,14 +364,16 @@ class PyAVVideoReader(VideoReader):
 
     def _load(self, index: int) -> np.ndarray:
         keyframe = self._index_table.keyframe_before(index)
-        keep_from = index - (self._cache.max_items or 1) + 1  # cache what leads up to the frame, for backward walks
+        keep_from = (
+            index - (self._cache.max_items or 1) + 1
+        )  # cache what leads up to the frame, for backward walks
         attempts = [keyframe] if keyframe == 0 else [keyframe, 0]
         if self._decoder is not None and self._pos is not None and keyframe - 1 <= self._pos < index:
             attempts.insert(0, -1)  # the running decoder reaches the frame no later than a seek would
         for start in attempts:
             if start >= 0:
                 self._seek(start)
-            while (item := self._next_frame()) is not None:
+            while (item := self._next_frame(index)) is not None:
                 i, frame = item
                 if i == index:
                     return self._cache.put(i, frame)
@@ -390,7 +395,9 @@ class PyAVVideoReader(VideoReader):
                     count += 1
                     yield self._to_rgb(frame)
             except av_errors() as exc:
-                raise VideoError(f"{self.path.name}: decoding failed at frame {count} ({exc})") from exc
+                raise VideoError(
+                    f"{self.path.name} is corrupt near frame {count}: the decoder refused its data ({exc})"
+                ) from exc
 
     def close_container(self) -> None:
         if self._container is not None:
@@ -440,9 +447,31 @@ def _open_container(path: Path) -> Any:
             f"{path.name} ends before any frame: a zero-length or truncated video ({exc})"
         ) from exc
     except av_errors() as exc:
+        if _mp4_index_missing(path):
+            raise VideoError(
+                f"{path.name} is truncated: its frames are there but its index (the moov box, written last) is "
+                "missing: an interrupted recording or upload"
+            ) from exc
         raise VideoError(
             f"{path.name} cannot be read as a video (unsupported or corrupt file): {exc}"
         ) from exc
+
+
+def _mp4_index_missing(path: Path) -> bool:
+    """An MP4/MOV whose top-level boxes run past the end of the file without a moov box: cut off."""
+    size, seen, offset = path.stat().st_size, set(), 0
+    with open(path, "rb") as f:
+        while offset + 8 <= size:
+            f.seek(offset)
+            header = f.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1 and len(header) == 16:
+                length = int.from_bytes(header[8:16], "big")
+            if length < 8 or not kind.isalnum() and kind != b"free":
+                return False  # not an ISO media file
+            seen.add(kind)
+            offset += length
+    return b"ftyp" in seen and b"moov" not in seen and offset > size
 
 
 def _video_stream(container: Any, path: Path) -> Any:
@@ -461,24 +490,57 @@ def _stream_fps(stream: Any) -> float:
     return 0.0
 
 
-def _count_packets(container: Any, stream: Any, path: Path) -> tuple[list[int | None], list[bool]]:
+def _count_packets(container: Any, stream: Any, path: Path) -> tuple[list[int | None], list[bool], int]:
+    """Presentation timestamps and keyframe flags of the frames, and the number of packets read (discarded too)."""
     pts: list[int | None] = []
     keys: list[bool] = []
+    read = 0
     try:
         for packet in container.demux(stream):
-            if not packet.size or packet.is_discard:  # flush packets; frames an edit list cuts away
+            if not packet.size:  # flush packets
+                continue
+            read += 1
+            if packet.is_discard:  # frames an edit list cuts away
                 continue
             pts.append(packet.pts if packet.pts is not None else packet.dts)
             keys.append(bool(packet.is_keyframe))
     except av_errors() as exc:
         raise VideoError(f"{path.name} is corrupt: reading its packets failed ({exc})") from exc
-    return pts, keys
+    return pts, keys, read
+
+
+def _check_complete(container: Any, stream: Any, path: Path, pts: list[int | None], read: int) -> None:
+    """A cut-off or damaged file still opens: compare what its header promises with the packets it holds."""
+    declared_frames = int(stream.frames or 0)
+    if declared_frames and read < declared_frames:
+        raise VideoError(
+            f"{path.name} is truncated or corrupt: its header lists {declared_frames} frames but the file holds "
+            f"data for {read}"
+        )
+    # containers without a frame count (webm, mkv): the declared duration against the packets' time span
+    if stream.duration is not None and stream.time_base:
+        declared = float(stream.duration * stream.time_base)
+    elif container.duration is not None and len(container.streams) == 1:
+        declared = container.duration / 1_000_000  # microseconds; one stream, so it is the video's
+    else:
+        return
+    rate = _stream_fps(stream)
+    known = [p for p in pts if p is not None]
+    if declared <= 0 or not rate or not known or not stream.time_base:
+        return
+    covered = float((max(known) - min(known)) * stream.time_base) + 1 / rate
+    if covered < declared / 2 and declared - covered > 2 / rate:
+        raise VideoError(
+            f"{path.name} is truncated or corrupt: its frames cover {covered:.2f} s of the {declared:.2f} s its "
+            "header declares"
+        )
 
 
 def _build_index(container: Any, stream: Any, path: Path) -> _PacketIndex:
-    pts, keys = _count_packets(container, stream, path)
+    pts, keys, read = _count_packets(container, stream, path)
     if not pts:
         raise VideoError(f"{path.name} has a video stream with zero frames")
+    _check_complete(container, stream, path, pts, read)
     seekable = all(p is not None for p in pts) and len(set(pts)) == len(pts)
     if not seekable:
         return _PacketIndex(np.arange(len(pts), dtype=np.int64), [0], False)

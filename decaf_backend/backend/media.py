@@ -142,7 +142,7 @@ class MediaFetcher:
                 raise MediaError(f"task {task_id}: '{schema.data_key}' must be a video URL, not {value!r}")
             entry = self._video_file(value, task_id, credentials)
             kind = "video"
-        path = self.disk.path(entry)
+        path = self._entry_path(entry)
         try:
             reader = self.open_video(path)
         except MediaError:
@@ -173,11 +173,19 @@ class MediaFetcher:
     def _video_file(self, url: str, task_id: Any, credentials: tuple[str, str] | None) -> str:
         policy = self.policy(credentials)
         digest = hashlib.sha1(json.dumps([policy.label_studio_url, url]).encode()).hexdigest()[:16]
-        entry = f"videos/{digest}-{_file_name(url)}"
-        if self.disk.lookup(entry) is None:
-            self._fetch(url, self.disk.path(entry), policy, credentials, task_id)
+        entry = f"videos/{digest}"  # a folder holding the file under its own name (for messages and players)
+        if self.disk.lookup(entry) is None or self._entry_path(entry) == self.disk.path(entry):
+            self._fetch(url, self.disk.path(entry) / _file_name(url), policy, credentials, task_id)
             self.disk.add(entry)
         return entry
+
+    def _entry_path(self, entry: str) -> Path:
+        """What a reader opens: a frame folder itself, or the one file in a video's folder."""
+        folder = self.disk.path(entry)
+        if entry.startswith("videos/"):
+            files = [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+            return files[0] if files else folder
+        return folder
 
     def _frames_dir(
         self, urls: list[str], key: str, task_id: Any, credentials: tuple[str, str] | None
@@ -226,7 +234,7 @@ class MediaFetcher:
 
     def download(self, url: str, task_id: Any = None, credentials: tuple[str, str] | None = None) -> str:
         """Local path of one task URL (cached under MODEL_DIR/media); MediaError with the reason when it fails."""
-        return str(self.disk.path(self._video_file(url, task_id, credentials)))
+        return str(self._entry_path(self._video_file(url, task_id, credentials)))
 
 
 def _close(reader: Any) -> None:

@@ -1,6 +1,6 @@
 """The on-disk media cache (MODEL_DIR/media) under a byte budget (DECAF_MEDIA_CACHE_MB), least recently used first.
 
-Entries are downloaded videos (`videos/<name>`) and frame folders (`frames/<key>/`). The index is the project's
+Entries are downloaded videos (`videos/<digest>/<file name>`) and frame folders (`frames/<key>/`). The index is the project's
 BoundedCache keyed by entry name with the entry's bytes as its size; a restart rebuilds it from the files
 (modification time = last use). An entry whose reader is still alive (a live SAM2 session may reopen the file
 later) is not deleted when the budget drops it: it is deleted by the first sweep after the reader is gone.
@@ -123,9 +123,17 @@ class MediaDiskCache:
                 continue
             if name in ("videos", "frames"):
                 continue
-            if path.is_dir() and not (path / ".complete").exists():
-                shutil.rmtree(path, ignore_errors=True)  # an unfinished frame folder
-                continue
+            if path.is_dir():
+                for partial in [p for p in path.iterdir() if p.name.endswith(PARTIAL_SUFFIXES)]:
+                    partial.unlink(missing_ok=True)
+                complete = (
+                    (path / ".complete").exists() if name.startswith("frames/") else any(path.iterdir())
+                )
+                if not complete:
+                    shutil.rmtree(
+                        path, ignore_errors=True
+                    )  # an unfinished frame folder, an empty video folder
+                    continue
             found.append((path.stat().st_mtime, name, _size(path)))
         for _, name, size in sorted(found):
             self._index.put(name, size)
