@@ -203,3 +203,10 @@ def test_webhook_payloads(client: Any, body: dict) -> None:
 )
 def test_raw_bodies(client: Any, route: str, data: Any) -> None:
     _check(client.post(route, data=data, content_type="application/json"), client)
+
+
+def test_unknown_paths_do_not_grow_metrics(client: Any) -> None:
+    for i in range(5):
+        assert client.get(f"/no/such/path/{i}").status_code == 404
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "/no/such" not in text and 'route="unmatched",status="404"} 5' in text
