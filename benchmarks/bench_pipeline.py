@@ -42,10 +42,11 @@ from bench_rollout import reference_rollout, timed
 from decaf_backend.config import DecafConfig
 from decaf_backend.mllm import prompts
 from decaf_backend.mllm.loading import RANDOM_WEIGHTS_MARKER
+from decaf_backend.overlay import write_video
 from decaf_backend.pipeline import DecafPipeline
 from decaf_backend.rollout import rollout_last_row_from_qk
 from decaf_backend.types import Click
-from decaf_backend.video import key_frame_indices, open_video, write_video
+from decaf_backend.video import key_frame_indices, open_video
 
 # Qwen2.5-VL-7B-Instruct's published config.json (text model and vision tower)
 QWEN25_VL_7B_TEXT: dict[str, Any] = {

@@ -448,7 +448,7 @@ def test_garbage_requests_get_clear_errors_and_the_server_keeps_serving(
             {"result": [_click(3, 3, 1)]},
             {"data": {"frames": ["http://127.0.0.1:9/x.png"]}},
             422,
-            "cannot reach",
+            "is not allowed",  # not on Label Studio's origin: refused before any connection
         ),
     ],
 )
@@ -549,3 +549,104 @@ def test_media_downloads_carry_the_token_and_respect_the_size_limit(media: Any, 
     no_token = Runtime(Settings(label_studio_url=fake.url, model_dir=tmp_path / "nt"))
     with pytest.raises(Exception, match="LABEL_STUDIO_API_KEY"):
         no_token.media.download(_frame_urls()[0], 91)
+
+
+def test_setup_never_replaces_the_configured_label_studio_host_or_token(media: Any, tmp_path: Path) -> None:
+    """An unauthenticated (or any) /setup names another host and token: downloads and posts keep going to the
+    configured Label Studio with the configured key, and the key never goes to a host /setup named."""
+    fake, _ = media
+    other = FakeLabelStudio(tmp_path / "elsewhere", token="their-token")
+    try:
+        client, _, runtime = _make(media, tmp_path)
+        setup = {
+            "project": "1.17",
+            "schema": FRAMES_CONFIG,
+            "hostname": other.url,
+            "access_token": "their-token",
+        }
+        assert client.post("/setup", json=setup).status_code == 200
+        assert runtime.credentials(1) == (fake.url, fake.token)
+        assert _predict(client, [_task(101)]).get_json()["results"][0]["result"]
+        assert other.requests == []
+        # only the key configured: a /setup host must not receive it, so Label Studio is unreachable
+        key_only = Runtime(Settings(label_studio_api_key=fake.token, model_dir=tmp_path / "k", preload=False))
+        key_only_client = create_app(key_only).test_client()
+        assert key_only_client.post("/setup", json=setup).status_code == 200
+        assert key_only.credentials(1) is None
+        # only the URL configured: /setup's token may be used, with the configured host
+        url_only = Runtime(Settings(label_studio_url=fake.url, model_dir=tmp_path / "u", preload=False))
+        create_app(url_only).test_client().post("/setup", json=setup)
+        assert url_only.credentials(1) == (fake.url, "their-token")
+        # nothing configured: /setup is the only source (Label Studio 1.x style)
+        bare = Runtime(Settings(model_dir=tmp_path / "n", preload=False))
+        create_app(bare).test_client().post("/setup", json=setup)
+        assert bare.credentials(1) == (other.url, "their-token")
+    finally:
+        other.close()
+
+
+def test_secrets_never_appear_in_logs_replies_or_metrics(
+    media: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, _ = media
+    secrets = {
+        "key": "LSKEY0c0ffee0c0ffee",
+        "password": "PASS0badc0de0badc0de",
+        "hook": "HOOK0feedface0feed",
+        "setup": "SETUPTOKEN0deadbeef",
+        "query": "QSIG0abad1dea",
+    }
+    settings = Settings(
+        label_studio_url=fake.url,
+        label_studio_api_key=secrets["key"],  # wrong for the fake: every download is a 401
+        basic_auth_user="u1",
+        basic_auth_pass=secrets["password"],
+        webhook_secret=secrets["hook"],
+        model_dir=tmp_path / "model_dir",
+        preload=False,
+        open_wait_s=20.0,
+        batch_wait_s=20.0,
+    )
+    runtime = Runtime(settings, pipeline_factory=lambda s: ColourSegmenter())
+    client = create_app(runtime).test_client()
+    auth = {"Authorization": "Basic " + base64.b64encode(f"u1:{secrets['password']}".encode()).decode()}
+    wrong = {"Authorization": "Basic " + base64.b64encode(f"u1:{secrets['password']}x".encode()).decode()}
+    replies = []
+    with caplog.at_level("DEBUG"):
+        replies.append(client.post("/setup", json={"schema": FRAMES_CONFIG}, headers=wrong))
+        setup = {
+            "project": "1.1",
+            "schema": FRAMES_CONFIG,
+            "hostname": fake.url,
+            "access_token": secrets["setup"],
+        }
+        replies.append(client.post("/setup", json=setup, headers=auth))
+        tasks = [
+            _task(111),  # 401 from Label Studio with our (wrong) key
+            _task(112, frames=[f"http://u1:{secrets['password']}@127.0.0.1:9/f.png"]),
+            _task(
+                113,
+                frames=[
+                    f"{fake.url}/plain/x.png?token={secrets['query']}&X-Amz-Signature={secrets['query']}"
+                ],
+            ),
+        ]
+        replies.append(_predict(client, tasks, headers=auth))
+        context = {"result": [_click(3, 3, 1)]}
+        replies.append(_predict(client, tasks[:1], context=context, headers=auth))
+        replies.append(_predict(client, tasks[2:], context=context, headers=auth))
+        replies.append(
+            client.post("/webhook", json={"action": "X"}, headers={"X-Webhook-Secret": secrets["hook"] + "x"})
+        )
+        replies.append(client.get("/metrics", headers=auth))
+        replies.append(client.get("/health"))
+    assert [r.status_code for r in replies] == [401, 200, 200, 422, 422, 401, 200, 200]
+    assert "HTTP 401 (check LABEL_STUDIO_API_KEY)" in replies[3].get_json()["error"]
+    answers = "".join(r.get_data(as_text=True) for r in replies)
+    text = caplog.text + repr(settings) + answers
+    assert "decaf_task_failures_total 3" in text  # the failures happened and were reported
+    assert [name for name, value in secrets.items() if value in text and name != "query"] == []
+    # a signed URL's signature (task data, not our secret) stays out of our own messages; urllib3's DEBUG
+    # log of the request line is the one place it shows
+    ours = answers + "".join(r.getMessage() for r in caplog.records if r.name.startswith("decaf_backend"))
+    assert "X-Amz-Signature=***" in ours and secrets["query"] not in ours

@@ -17,7 +17,7 @@ from .jobs import Job, JobQueue
 from .media import MediaFetcher
 from .metrics import Metrics
 from .session_cache import SessionCache, estimate_bytes
-from .settings import Settings
+from .settings import Settings, label_studio_access
 from .store import SegmentationStore
 
 log = logging.getLogger(__name__)
@@ -105,13 +105,8 @@ class Runtime:
             self._setup_credentials[project] = (hostname, access_token)
 
     def credentials(self, project: Any) -> tuple[str, str] | None:
-        s = self.settings
-        if s.label_studio_url and s.label_studio_api_key:
-            return s.label_studio_url, s.label_studio_api_key
-        found = self._setup_credentials.get(project)
-        if found and s.label_studio_url:  # prefer the configured URL: /setup's hostname can be "localhost"
-            return s.label_studio_url, s.label_studio_api_key or found[1]
-        return found
+        """LABEL_STUDIO_URL/API_KEY win; /setup fills in only what is unset (settings.label_studio_access)."""
+        return label_studio_access(self.settings, self._setup_credentials.get(project))
 
     def _client(self, project: Any) -> Any:
         creds = self.credentials(project)
