@@ -263,3 +263,22 @@ def test_family_maps_masks_and_points_from_our_rollouts(family_run: dict) -> Non
     np.testing.assert_array_equal(xy, arrays["points_xy"])
     np.testing.assert_array_equal(frame, arrays["points_frame"])
     np.testing.assert_allclose(value, arrays["points_value"], atol=5e-5)
+
+
+@pytest.mark.parametrize("folder_name", ["e2e_llavaov", "e2e_internvl3"])
+def test_qwen_choice_prompt_is_the_reference_template_text(
+    golden_dir: Path, adapter, folder_name: str
+) -> None:
+    """The reference's rendered object-choice prompts (golden LLaVA-OV / InternVL3 runs) hold its template
+    text verbatim in the user turn; our Qwen choice prompt must be that text in the Qwen layout (§2)."""
+    folder = golden_dir / folder_name
+    meta = json.loads(next(folder.glob("e2e_tiny_*.json")).read_text())
+    rendered = meta["prompt_text_choice"]
+    user_text = rendered.split("<|im_start|>user\n", 1)[1].rsplit("<|im_end|>\n<|im_start|>assistant\n", 1)[0]
+    expected = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        f"<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    tokenizer = adapter.processor.tokenizer
+    ids = adapter.choice_prompt_ids(meta["expression"], meta["obj_cls_answers"])
+    assert ids[0].tolist() == tokenizer(expected, add_special_tokens=False)["input_ids"]

@@ -300,7 +300,7 @@ def check_frames(video_frames: Sequence[np.ndarray]) -> list[np.ndarray]:
             raise DecafError(
                 f"key frames must all be HxWx3 RGB of one size, got {f.shape} and {frames[0].shape}"
             )
-    return [np.ascontiguousarray(f, dtype=np.uint8) for f in frames]
+    return [np.require(f, np.uint8, ["C", "W"]) for f in frames]  # the processors wrap them in tensors
 
 
 def _cache_key(kind: str, frames: Sequence[np.ndarray]) -> str:

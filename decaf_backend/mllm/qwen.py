@@ -142,8 +142,7 @@ class QwenVLAdapter:
         return self._both_levels(video_frames, question, generate=False)
 
     def choose_object(self, expression: str, candidates: Sequence[str]) -> str:
-        question = prompts.object_choice_prompt(expression, candidates, self._version("choice"))
-        ids = self._prompt_ids(question, None, 0).to(self.device)
+        ids = self.choice_prompt_ids(expression, candidates).to(self.device)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), **self._generation_kwargs()
@@ -151,6 +150,11 @@ class QwenVLAdapter:
         return self._decode(out[:, ids.shape[1] :])[0].lower()
 
     # ----- building blocks (public for tests and other callers) -----
+
+    def choice_prompt_ids(self, expression: str, candidates: Sequence[str]) -> torch.Tensor:
+        """(1, L) ids of the text-only object-choice prompt (§2 call 3)."""
+        question = prompts.object_choice_prompt(expression, candidates, self._version("choice"))
+        return self._prompt_ids(question, None, 0)
 
     def video_level(
         self, video_frames: Sequence[np.ndarray], question: str, generate: bool
