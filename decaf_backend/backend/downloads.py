@@ -83,6 +83,7 @@ def _checked_adapter(check: AddressCheck) -> HTTPAdapter:
 def policy_session(policy: MediaPolicy) -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # no proxies or .netrc from the environment (see the module docstring)
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     adapter = _checked_adapter(policy.address_allowed)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -170,7 +171,9 @@ def _get_following_checked_redirects(
             response.close()
             url = urljoin(url, location)  # checked at the top of the loop, like the first URL
             continue
-        response.raise_for_status()
+        if not response.ok:
+            response.close()
+            response.raise_for_status()
         return response
     raise MediaError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects")
 
