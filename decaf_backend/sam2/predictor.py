@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import PromptError, PromptOutOfRangeError
+from . import batched
 from .frames import FeatureCachingState, Sam2Frames
 from .patches import install_sam2_patches
 
@@ -174,6 +175,39 @@ class Sam2VideoPredictor:
         iou = torch.full((1,), float("nan")) if iou is None else iou.reshape(-1)[:1].cpu()
         return int(f), list(obj_ids), _logits(logits), iou
 
+    def add_point_objects(
+        self,
+        state: dict[str, Any],
+        frame_idx: int,
+        obj_ids: Sequence[int],
+        points: Any,
+        labels: Any = None,
+    ) -> tuple[int, list[int], torch.Tensor, torch.Tensor]:
+        """New objects on one frame, object i clicked at points[i] (normalised (x, y); (N, 2) for one click
+        each or (N, P, 2)), all in one batched SAM2 call: the outputs of N `add_new_points_or_box` calls in
+        a row -> (frame_idx, obj_ids, logits (n_obj, 1, H, W) of every object, predicted IoU (N,))."""
+        frame_idx = self._frame(state, frame_idx)
+        coords = _np(points).astype(np.float32)
+        coords = coords.reshape(len(obj_ids), -1, 2)
+        clicks = np.ones(coords.shape[:2], np.int32) if labels is None else _np(labels).astype(np.int32)
+        if clicks.size != coords.shape[0] * coords.shape[1]:
+            raise PromptError(f"{coords.shape[0] * coords.shape[1]} points but {clicks.size} labels")
+        # sam2 scales normalised points by the model's image size (spec §9: x, y times 1024)
+        scaled = torch.from_numpy(coords) * self.image_size
+        with self._lock, self._context():
+            self._iou.last = None
+            logits = batched.add_point_objects(
+                self.model,
+                state,
+                frame_idx,
+                [int(o) for o in obj_ids],
+                scaled,
+                torch.from_numpy(clicks.reshape(coords.shape[:2])),
+            )
+            iou = self._iou.last
+        iou = torch.full((len(obj_ids),), float("nan")) if iou is None else iou.reshape(-1).cpu()
+        return frame_idx, list(state["obj_ids"]), _logits(logits), iou
+
     def add_new_mask(
         self, state: dict[str, Any], frame_idx: int, obj_id: int, mask: Any
     ) -> tuple[int, list[int], torch.Tensor]:
@@ -215,6 +249,29 @@ class Sam2VideoPredictor:
                     raise
             if state.get(_FORGET_HISTORY):
                 self._forget_old_frames(state, int(f), reverse)
+            yield int(f), list(obj_ids), _logits(logits)
+
+    def propagate_together(
+        self,
+        state: dict[str, Any],
+        start_frame_idx: int,
+        max_frame_num_to_track: int,
+        reverse: bool = False,
+    ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
+        """`propagate_in_video` with every object in one batch per frame when they share their prompted
+        and tracked frames (DecAF's stage A); otherwise object by object, as sam2 does. Same outputs."""
+        if not batched.can_propagate_together(self.model, state):
+            yield from self.propagate_in_video(state, start_frame_idx, max_frame_num_to_track, reverse)
+            return
+        steps = batched.propagate_together(
+            self.model, state, start_frame_idx, max_frame_num_to_track, reverse
+        )
+        while True:
+            with self._lock, self._context():  # per step: autocast must not cross a yield
+                try:
+                    f, obj_ids, logits = next(steps)
+                except StopIteration:
+                    return
             yield int(f), list(obj_ids), _logits(logits)
 
     def forget_tracking_history(self, state: dict[str, Any]) -> None:
