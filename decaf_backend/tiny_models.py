@@ -23,7 +23,7 @@ DEFAULT_SEEDS = {
 
 def make_tiny_models(out_dir: Path, seed: int | None = None) -> dict[str, Path]:
     from .mllm.tiny_families import build_tiny_mllm
-    from .sam2_session import build_tiny_sam2
+    from .sam2.tiny import build_tiny_sam2
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
