@@ -164,7 +164,8 @@ def build_full_sam2(out: Path) -> Path:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from decaf_backend.sam2_session import HUB_MODELS, TINY_OBJECT_SCORE_BIAS, load_sam2_config
+    from decaf_backend.sam2.loading import HUB_MODELS, load_sam2_config
+    from decaf_backend.sam2.tiny import TINY_OBJECT_SCORE_BIAS
 
     cfg = load_sam2_config(HUB_MODELS[SAM2_LARGE][0])
     with torch.random.fork_rng(devices=[]):

@@ -167,7 +167,7 @@ class DecafPipeline:
     ) -> DecafPipeline:
         """Load both models: hub ids or local folders, falling back to DECAF_MLLM / DECAF_SAM2, then the defaults."""
         from .mllm import load_mllm
-        from .sam2_session import load_sam2_predictor
+        from .sam2.loading import load_sam2_predictor
 
         config = config or DecafConfig.from_env()
         mllm_name = mllm or os.environ.get("DECAF_MLLM") or DEFAULT_MLLM

@@ -16,7 +16,7 @@ DEFAULT_SEEDS = {"qwen2_5_vl": 1, "qwen2_vl": 2, "sam2": 0}
 
 def make_tiny_models(out_dir: Path, seed: int | None = None) -> dict[str, Path]:
     from .mllm.tiny import build_tiny_qwen
-    from .sam2_session import build_tiny_sam2
+    from .sam2.tiny import build_tiny_sam2
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
