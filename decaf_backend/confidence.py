@@ -85,7 +85,8 @@ class ConfidenceRecorder:
             self._values[frame] = value if np.isnan(old) else min(old, value)
 
     def result(self) -> list[float] | None:
-        """The confidences of all frames, or None when some frame got none (no signals, nothing tracked)."""
-        if self._signals is None or np.isnan(self._values).any():
+        """The confidences of all frames; None without signals. A frame SAM2 never decoded gets 0: nothing
+        vouches for its (empty) mask."""
+        if self._signals is None or np.isnan(self._values).all():
             return None
-        return [float(v) for v in self._values]
+        return [0.0 if np.isnan(v) else float(v) for v in self._values]
