@@ -232,3 +232,11 @@ def test_the_most_doubtful_object_sets_the_prediction_score() -> None:
     assert {r["value"]["brushlabels"][0] for r in fixed["result"] if r["type"] == "brushlabels"} == {"Other"}
     (review,) = [r for r in fixed["result"] if r["type"] == "textarea"]
     assert any(line.startswith("Object: MLLM chose 'disc'") for line in review["value"]["text"])
+
+
+def test_review_box_is_told_apart_from_the_prompt_box() -> None:
+    schema = parse_schema((CONFIGS / "frames_masks_textarea.xml").read_text())
+    assert (schema.textarea_name, schema.review_name) == ("prompt", "review")
+    marked = """<View><TextArea name="notes" toName="image" review="true"/><Image name="image" valueList="$frames"/>
+    <BrushLabels name="mask" toName="image"><Label value="Object"/></BrushLabels></View>"""
+    assert parse_schema(marked).review_name == "notes"

@@ -204,7 +204,7 @@ def prediction(results: list[dict[str, Any]], score: float, model_version: str) 
 
 # ------------------------------------------------------------------------------------ what the model thought
 #
-# Seen in Label Studio 1.23.2 (docs/ls-browser.md §6): a region's `score` shows next to it in the Regions list, its
+# Seen in Label Studio 1.23.2 (README, "What the model thought"): a region's `score` shows next to it in the Regions list, its
 # `meta.text` in the region's Info panel once selected, and a read-only <TextArea> result above the media in the
 # labeling view; Data Manager sorts and filters tasks by the prediction's `score`.
 
@@ -228,6 +228,12 @@ class ObjectReview:
     def score(self, seg: VideoSegmentation) -> float:
         """The object's share of the prediction score: the confidence summary, else DecAF's selection score."""
         return self.summary if self.summary is not None else min(1.0, max(0.0, seg.score))
+
+
+def _clock(schema: Schema, seg: VideoSegmentation) -> VideoClock | None:
+    """The player's clock of a video task (None for frame sequences, whose pages are the frames)."""
+    info = seg.video
+    return VideoClock(info.fps, schema.framerate, info.num_frames) if schema.layout == "video" else None
 
 
 def _place(clock: VideoClock | None, frame: int) -> str:
@@ -344,12 +350,10 @@ def segmentation_prediction(
     reviewed = [(obj, seg, ObjectReview.of(seg)) for obj, seg in pairs]
     others = [(obj, seg, ObjectReview.of(seg)) for obj, seg in unchanged]
     results: list[dict[str, Any]] = []
-    clock = None
     for obj, seg, review in reviewed:
-        info = seg.video
-        clock = VideoClock(info.fps, schema.framerate, info.num_frames) if schema.layout == "video" else None
-        results.extend(object_items(seg, obj, schema, review, clock, skip_empty))
-    text = review_item(reviewed + others, schema, clock)
+        results.extend(object_items(seg, obj, schema, review, _clock(schema, seg), skip_empty))
+    everything = reviewed + others
+    text = review_item(everything, schema, _clock(schema, everything[0][1]) if everything else None)
     if text is not None:
         results.append(text)
     score = min((review.score(seg) for _, seg, review in reviewed), default=0.0)
