@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .confidence import ConfidenceRecorder, summary_score
 from .config import DEFAULT_MLLM, DEFAULT_SAM2, DecafConfig
 from .errors import PromptError, PromptOutOfRangeError, VideoError
 from .fusion import coarse_masks, fuse_maps
@@ -62,6 +63,7 @@ class CorrectionSession:
     _applied: int = 0  # number of (clicks + boxes) rounds already inside _state
     _rounds: list[tuple[list[Click], list[Box]]] = field(default_factory=list)
     _masks: FrameMasks | None = None  # the masks after the last propagation
+    confidence: list[float] | None = None  # per frame, from SAM2's signals in the last propagation
 
     def add(self, clicks: Sequence[Click], boxes: Sequence[Box]) -> bool:
         """Remember new prompts; clicks already known (same frame, place and sign) are ignored.
@@ -128,11 +130,14 @@ class CorrectionSession:
         )
         if not cond_frames:
             return out
+        recorder = ConfidenceRecorder(self.predictor, n)
 
-        def sink(f: int, _ids: list[int], binary: np.ndarray) -> None:
+        def sink(f: int, obj_ids: list[int], binary: np.ndarray) -> None:
             out[f] = binary.any(axis=0)
+            recorder.record(self._state, f, obj_ids, binary)
 
         track_both_ways(self.predictor, self._state, cond_frames[0], n, sink)
+        self.confidence = recorder.result()
         return out
 
 
@@ -237,6 +242,7 @@ class DecafPipeline:
             "ac_scores": [float(s) for s in np.asarray(tracking.ac_scores).ravel()],
             "tracklet_scores": [float(s) for s in np.asarray(tracking.tracklet_scores).ravel()],
             "object_answers": candidates,
+            "confidence": summary_score(tracking.frame_confidence),
         }
         session = CorrectionSession(self.predictor, reader, prompt_masks)
         return VideoSegmentation(
@@ -251,6 +257,7 @@ class DecafPipeline:
             scores=scores,
             timings=timings,
             random_weights=self.random_weights,
+            frame_confidence=tracking.frame_confidence,
             session=session,
         )
 
@@ -280,7 +287,9 @@ class DecafPipeline:
         with _timed(timings := dict(seg.timings), "refine"):
             session.add(clicks, boxes)
             masks = session.propagate()
-        return replace(seg, masks=masks, session=session, timings=timings)
+        return replace(
+            seg, masks=masks, session=session, timings=timings, frame_confidence=session.confidence
+        )
 
     def rebuild_session(self, seg: VideoSegmentation, video: Any) -> CorrectionSession:
         """A fresh correction session from a finished segmentation (its masks on the prompt frames)."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .confidence import ConfidenceRecorder
 from .config import DecafConfig
 from .types import FrameMasks
 
@@ -355,11 +356,13 @@ def run_stage_b(
     all_frames: Sequence[np.ndarray],
     prompt_frames: Sequence[int],
     prompt_masks: Sequence[np.ndarray],
+    confidence: ConfidenceRecorder | None = None,
 ) -> FrameMasks:
     """Propagate the selected prompt masks over the whole video (spec §9.4); the union of all objects.
 
     Masks are grouped by video frame in first-appearance order; each group gets a fresh state (reset),
-    is tracked forward then backward, and ORed into compressed per-frame masks.
+    is tracked forward then backward, and ORed into compressed per-frame masks. `confidence` records SAM2's
+    per-frame signals on the way.
     """
     num_frames = len(all_frames)
     if len(prompt_masks):
@@ -380,6 +383,8 @@ def run_stage_b(
     def sink(f: int, obj_ids: list[int], binary: np.ndarray) -> None:
         if binary.shape[0]:
             out.union(f, binary.any(axis=0))
+        if confidence is not None:
+            confidence.record(state, f, obj_ids, binary)
 
     for frame, masks in groups.items():
         predictor.reset_state(state)
@@ -406,6 +411,7 @@ class TrackingResult:
     selected_masks: np.ndarray  # (S, H, W) bool
     final_masks: FrameMasks
     nms_log: list[dict[str, Any]] = field(default_factory=list)
+    frame_confidence: list[float] | None = None  # per video frame, from SAM2's signals in stage B
 
     @property
     def tracklet_masks(self) -> np.ndarray:
@@ -442,11 +448,22 @@ def segment_with_points(
     final, chosen = select_final_prompts(scores, ac, config.final_score_threshold)
     video_idx = np.asarray([int(key_frame_indices[frames[k]]) for k in chosen], dtype=np.int64)
     prompt_masks = [tracklets[k].mask(int(frames[k])) for k in chosen]
-    final_masks = run_stage_b(predictor, all_frames, video_idx, prompt_masks)
+    recorder = ConfidenceRecorder(predictor, len(all_frames))
+    final_masks = run_stage_b(predictor, all_frames, video_idx, prompt_masks, recorder)
     height, width = final_masks.height, final_masks.width
     selected = np.stack(prompt_masks) if prompt_masks else np.zeros((0, height, width), dtype=bool)
     return TrackingResult(
-        tracklets, scores, frames, ac, final, chosen, video_idx, selected, final_masks, stage_a.nms_log
+        tracklets,
+        scores,
+        frames,
+        ac,
+        final,
+        chosen,
+        video_idx,
+        selected,
+        final_masks,
+        stage_a.nms_log,
+        recorder.result(),
     )
 
 

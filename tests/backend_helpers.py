@@ -6,6 +6,7 @@ prediction API (token-checked like the real one).
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -202,3 +203,11 @@ def write_frames(folder: Path, frames: np.ndarray, suffix: str = ".png") -> list
         Image.fromarray(frame).save(folder / name)
         names.append(name)
     return names
+
+
+def without_review(config: str) -> str:
+    """A ready config minus its review box: these tests read every region; the review TextArea's result is
+    checked in test_backend_results.py and the browser test."""
+    return re.sub(
+        r'\s*<Header value="What the model thought"[^>]*/>\s*<TextArea name="review"[^>]*/>', "", config
+    )

@@ -27,6 +27,7 @@ from decaf_backend.backend.runtime import Runtime
 from decaf_backend.backend.server import create_app
 from decaf_backend.backend.settings import Settings
 from decaf_backend.cli import main as cli_main
+from tests.backend_helpers import without_review
 from tests.conftest import encode_video, moving_disc_frames
 from tests.ls_server import LabelStudioServer, free_port
 
@@ -103,6 +104,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def _project(ls: LabelStudioServer, config_name: str, backend: dict) -> tuple[int, int, str]:
     config = (CONFIGS / config_name).read_text().replace('framerate="25.0"', f'framerate="{FPS}.0"')
+    config = without_review(config)
     project = ls.api("POST", "/api/projects", json={"title": config_name, "label_config": config})["id"]
     ml = ls.api(
         "POST",

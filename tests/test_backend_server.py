@@ -24,14 +24,17 @@ from tests.backend_helpers import (
     FakeLabelStudio,
     colour_mask,
     disc_and_square_frames,
+    without_review,
     write_frames,
 )
 from tests.conftest import encode_video
 
 CONFIGS = Path(__file__).resolve().parents[1] / "label_config"
-FRAMES_CONFIG = (CONFIGS / "frames_masks.xml").read_text()
-TEXTAREA_CONFIG = (CONFIGS / "frames_masks_textarea.xml").read_text()
-VIDEO_CONFIG = (CONFIGS / "video_tracks.xml").read_text().replace('framerate="25.0"', 'framerate="10.0"')
+FRAMES_CONFIG = without_review((CONFIGS / "frames_masks.xml").read_text())
+TEXTAREA_CONFIG = without_review((CONFIGS / "frames_masks_textarea.xml").read_text())
+VIDEO_CONFIG = without_review((CONFIGS / "video_tracks.xml").read_text()).replace(
+    'framerate="25.0"', 'framerate="10.0"'
+)
 N, H, W = 6, 48, 64
 
 

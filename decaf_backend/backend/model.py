@@ -16,23 +16,20 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-import numpy as np
-
 from ..errors import PromptError
-from ..types import Box, FrameMasks, VideoInfo, VideoSegmentation
+from ..types import Box, FrameMasks, VideoSegmentation
 from .context import Frame, ObjectPrompts, is_interactive, parse_prompts
 from .errors import LabelConfigError, RequestError
 from .jobs import DONE, FAILED, Job
 from .media import Media, media_key
 from .results import (
     VideoClock,
-    brush_items,
     mask_bbox,
     masks_from_brush_items,
     prediction,
     region_id,
+    segmentation_prediction,
     track_boxes,
-    track_item,
 )
 from .runtime import Runtime, get_runtime
 from .schema import ObjectSpec, Schema, parse_schema
@@ -137,12 +134,16 @@ class DecafVideoModel:
             return None
         return self._assemble(objects, segs)
 
-    def _assemble(self, objects: Sequence[ObjectSpec], segs: Sequence[VideoSegmentation]) -> dict[str, Any]:
-        results = [
-            item for obj, seg in zip(objects, segs) for item in self._results(seg.masks, obj, seg.video)
-        ]
-        score = float(np.mean([seg.score for seg in segs])) if segs else 0.0
-        return prediction(results, score, self.model_version)
+    def _assemble(
+        self,
+        objects: Sequence[ObjectSpec],
+        segs: Sequence[VideoSegmentation],
+        unchanged: Sequence[tuple[ObjectSpec, VideoSegmentation]] = (),
+    ) -> dict[str, Any]:
+        """The prediction of these objects; `unchanged` objects only keep their lines in the review text."""
+        pairs = list(zip(objects, segs))
+        skip = self.settings.skip_empty_masks
+        return segmentation_prediction(pairs, self._schema(), self.model_version, skip, unchanged)
 
     def segmentation(self, task: Mapping[str, Any], media: Media, obj: ObjectSpec) -> VideoSegmentation:
         """The object's DecAF segmentation: from the cache, the disk store, or one MLLM + SAM2 run."""
@@ -192,8 +193,7 @@ class DecafVideoModel:
         signature = tuple((obj, tuple(g.clicks), tuple(g.boxes)) for g, obj in groups)
         if applied is not None and not self.runtime.first_application(applied, signature):
             return None
-        results: list[dict[str, Any]] = []
-        scores = []
+        fixed: list[tuple[ObjectSpec, VideoSegmentation]] = []
         for group, obj in groups:
             with self.runtime.model_lock:
                 # looked up under the lock: a concurrent correction of this object may just have replaced
@@ -204,9 +204,11 @@ class DecafVideoModel:
                     seg, group.clicks, [*seeds, *group.boxes], video=media.reader
                 )
                 self._keep(self._seg_key(task, obj), seg)
-            results.extend(self._results(seg.masks, obj, seg.video))
-            scores.append(seg.score)
-        return prediction(results, float(np.mean(scores)), self.model_version)
+            fixed.append((obj, seg))
+        done = {obj for obj, _ in fixed}
+        others = [(o, self._known(self._seg_key(task, o))) for o in objects if o not in done]
+        unchanged = [(o, seg) for o, seg in others if seg is not None]
+        return self._assemble([obj for obj, _ in fixed], [seg for _, seg in fixed], unchanged)
 
     def _new_prompts(
         self,
@@ -419,13 +421,6 @@ class DecafVideoModel:
     def _keep(self, key: tuple, seg: VideoSegmentation) -> None:
         self.runtime.cache.put(key, seg)
         self.runtime.store.save(key, seg)
-
-    def _results(self, masks: FrameMasks, obj: ObjectSpec, info: VideoInfo) -> list[dict[str, Any]]:
-        schema = self._schema()
-        if schema.layout == "frames":
-            return brush_items(masks, obj, schema, skip_empty=self.settings.skip_empty_masks)
-        item = track_item(masks, obj, schema, VideoClock(info.fps, schema.framerate, info.num_frames))
-        return [item] if item is not None else []
 
 
 def _empty_segmentation(obj: ObjectSpec, media: Media, masks: FrameMasks | None = None) -> VideoSegmentation:

@@ -49,6 +49,7 @@ class SegmentationStore:
             "prompt_frames": list(seg.prompt_frames),
             "scores": {k: v for k, v in seg.scores.items() if _is_jsonable(v)},
             "random_weights": seg.random_weights,
+            "frame_confidence": seg.frame_confidence,
             "sizes": [len(b) for b in blobs],
         }
         path = self._path(key)
@@ -93,4 +94,5 @@ class SegmentationStore:
             prompt_frames=header["prompt_frames"],
             scores=header["scores"],
             random_weights=header["random_weights"],
+            frame_confidence=header.get("frame_confidence"),
         )

@@ -19,6 +19,7 @@ from ..errors import PromptError, PromptOutOfRangeError
 from . import batched
 from .frames import FeatureCachingState, Sam2Frames
 from .patches import install_sam2_patches
+from .signals import FrameSignals, forget_signals, frame_signals
 
 # above this many frames, per-frame memories live in CPU RAM (about 0.8 MB per frame and object)
 OFFLOAD_STATE_FRAMES = 1000
@@ -45,13 +46,6 @@ class _IoURecorder:
             return out
 
         model._forward_sam_heads = forward_sam_heads
-
-
-def _inputs_to_float32(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    def cast(value: Any) -> Any:
-        return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
-
-    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
 
 def _inputs_to_float32(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -89,6 +83,7 @@ class Sam2VideoPredictor:
         self.image_size = int(model.image_size)
         self.image_cache_size = image_cache_size
         self._iou = _IoURecorder(model)
+        self._signals = FrameSignals(model)
         self._lock = threading.RLock()
         if self.dtype is None:
             # sam2 always stores memory features in bf16; without autocast (fp32 runs, CPU) memory attention
@@ -126,6 +121,7 @@ class Sam2VideoPredictor:
     def reset_state(self, state: dict[str, Any]) -> None:
         with self._lock:
             self.model.reset_state(state)
+            forget_signals(state)
 
     def add_new_points_or_box(
         self,
@@ -161,6 +157,7 @@ class Sam2VideoPredictor:
         clear = box is not None if clear_old_points is None else bool(clear_old_points)
         with self._lock, self._context():
             self._iou.last = None
+            self._signals.clear()
             f, obj_ids, logits = self.model.add_new_points_or_box(
                 state,
                 frame_idx=frame_idx,
@@ -172,6 +169,7 @@ class Sam2VideoPredictor:
                 box=box,
             )
             iou = self._iou.last
+            self._signals.store_prompt(state, obj_id)
         iou = torch.full((1,), float("nan")) if iou is None else iou.reshape(-1)[:1].cpu()
         return int(f), list(obj_ids), _logits(logits), iou
 
@@ -219,7 +217,9 @@ class Sam2VideoPredictor:
         if binary.ndim != 2:
             raise PromptError(f"a mask prompt must be 2-D (H, W), got shape {binary.shape}")
         with self._lock, self._context():
+            self._signals.clear()
             f, obj_ids, logits = self.model.add_new_mask(state, frame_idx, obj_id, torch.from_numpy(binary))
+            self._signals.store_prompt(state, obj_id)
         return int(f), list(obj_ids), _logits(logits)
 
     def propagate_in_video(
@@ -239,6 +239,7 @@ class Sam2VideoPredictor:
         while True:
             # autocast is thread-local state: enter it per step, never across a yield to the caller
             with self._lock, self._context():
+                self._signals.clear()
                 try:
                     f, obj_ids, logits = next(steps)
                 except StopIteration:
@@ -247,6 +248,7 @@ class Sam2VideoPredictor:
                     if "No input points or masks" in str(exc):
                         raise PromptError("nothing to propagate: add points, a box or a mask first") from exc
                     raise
+                self._signals.store_step(state, int(f), obj_ids)
             if state.get(_FORGET_HISTORY):
                 self._forget_old_frames(state, int(f), reverse)
             yield int(f), list(obj_ids), _logits(logits)
@@ -295,6 +297,11 @@ class Sam2VideoPredictor:
             outputs["non_cond_frame_outputs"].pop(old, None)
 
     # -- extras ---------------------------------------------------------------------------------------
+    def frame_signals(self, state: dict[str, Any], frame_idx: int) -> dict[int, tuple[float, float]]:
+        """SAM2's own signals on a frame it decoded: {obj_id: (object score logit, predicted IoU)}, from the
+        object's prompt on a prompted frame, else from the latest propagation (confidence.py maps them)."""
+        return frame_signals(state, int(frame_idx))
+
     def conditioning_frames(self, state: dict[str, Any]) -> list[int]:
         """Frames holding prompts (points, boxes, masks) of any object, sorted."""
         frames: set[int] = set()
