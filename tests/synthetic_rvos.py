@@ -258,6 +258,6 @@ class OracleFactory:
 
     def __call__(self):  # noqa: ANN204
         from decaf_backend.eval.datasets import load_dataset
-        from decaf_backend.eval.runner import OracleSegmenter
+        from decaf_backend.eval.segmenters import OracleSegmenter
 
         return OracleSegmenter(load_dataset(self.name, self.root, self.split))

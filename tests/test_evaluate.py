@@ -18,7 +18,9 @@ from PIL import Image
 from decaf_backend.cli import main
 from decaf_backend.errors import DecafError
 from decaf_backend.eval.datasets import load_dataset
-from decaf_backend.eval.runner import EvaluationRunner, PipelineFactory, format_table
+from decaf_backend.eval.report import format_table
+from decaf_backend.eval.runner import EvaluationRunner
+from decaf_backend.eval.segmenters import PipelineFactory
 
 from .synthetic_rvos import BUILDERS, OracleFactory, TruthSegmenter, build_davis, build_mevis, build_ytvos
 

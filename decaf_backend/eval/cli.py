@@ -5,14 +5,32 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import DecafError
+from .checks import check_dataset
 from .datasets import ALIASES, DATASETS, load_dataset
-from .runner import EvaluationRunner, OracleSegmenter, PipelineFactory, PngFolderSegmenter, format_table
+from .report import format_failures, format_table
+from .runner import EvaluationRunner
+from .segmenters import OracleSegmenter, PipelineFactory, PngFolderSegmenter
+
+EXIT_CODES = "exit code: 0 every expression scored, 1 some failed (listed at the end), 2 bad input"
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, args.root, args.split)
+    if args.oracle and args.predictions:
+        raise DecafError("--oracle and --predictions exclude each other")
+    # bad input is refused before anything is loaded or written: the oracle needs ground truth, and the
+    # whole split must parse, with every listed frame and annotation on disk
+    segmenter = OracleSegmenter(dataset) if args.oracle else None
+    if args.predictions:
+        segmenter = PngFolderSegmenter(args.predictions)
+    check = check_dataset(dataset)
+    check.raise_if_any(dataset)
+    if args.check_only:
+        print(f"{dataset.name} / {dataset.split}: {len(check.expressions)} expressions, {check.num_videos} videos, "
+              f"{check.num_frames} frames; every listed frame and annotation is there")  # fmt: skip
+        return 0
     overrides = {k: v for k, v in (("num_key_frames", args.key_frames),) if v is not None}
-    factory = PipelineFactory(args.mllm, args.sam2, args.device, args.dtype, overrides)
     if args.oracle:
         source = "oracle"
     elif args.predictions:
@@ -30,16 +48,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         restart=args.restart,
     )
     devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
-    if args.oracle or args.predictions:
-        segmenter = OracleSegmenter(dataset) if args.oracle else PngFolderSegmenter(args.predictions)
-        report = runner.run(segmenter=segmenter, limit=args.limit, progress=not args.quiet)
+    if segmenter is not None:
+        report = runner.run(segmenter=segmenter, limit=args.limit, progress=not args.quiet,
+                            expressions=check.expressions)  # fmt: skip
     else:
+        factory = PipelineFactory(args.mllm, args.sam2, args.device, args.dtype, overrides)
         report = runner.run(factory=factory, limit=args.limit, workers=args.workers, devices=devices,
-                            progress=not args.quiet)  # fmt: skip
+                            progress=not args.quiet, expressions=check.expressions)  # fmt: skip
     print(format_table(report))
     print(f"per-expression results: {report.csv_path}")
-    for record in report.failed[:5]:
-        print(f"  failed {record.video}/{record.exp_id}: {record.error}")
+    if report.failed:
+        print(format_failures(report))
     return 1 if report.failed else 0
 
 
@@ -51,7 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run DecAF on a referring/reasoning VOS benchmark and report J / F / J&F",
         description="Segments every expression of a benchmark split (resumable: finished expressions are "
         "cached under OUT/cache and skipped on a rerun), writes OUT/results.csv and prints the table. "
-        "Splits without public ground truth get OUT/submission/ (+ submission.zip) in the server's layout.",
+        "Splits without public ground truth get OUT/submission/ (+ submission.zip) in the server's layout. "
+        "The dataset is checked first (expression files, listed frames, annotations): every problem is "
+        "listed at once, before any model loads.",
+        epilog=EXIT_CODES,
     )
     p.add_argument("--dataset", required=True, help=f"benchmark: {names}")
     p.add_argument("--root", required=True, help="the benchmark's folder (as published)")
@@ -79,7 +101,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overlay", choices=["mp4", "gif"], default=None, help="write an overlay per expression")
     p.add_argument(
-        "--oracle", action="store_true", help="score the ground truth itself (checks the dataset: 100)"
+        "--oracle",
+        action="store_true",
+        help="score the ground truth itself (J, F, J&F 100: the dataset and scoring are sound)",
+    )
+    p.add_argument(
+        "--check-only",
+        action="store_true",
+        help="only check the dataset (files, frames, annotations) and stop",
     )
     p.add_argument(
         "--predictions", default=None, help="score existing PNGs <DIR>/<video>/<exp_id>/<frame>.png"
