@@ -177,8 +177,6 @@ def test_cli_evaluate_oracle_with_masks_and_overlays(tmp_path, capsys):
 def test_tiny_models_end_to_end(tmp_path, request):
     """The real DecafPipeline with the tiny random models on a synthetic Ref-DAVIS split (random masks:
     only completeness and ranges are checked)."""
-    pytest.importorskip("decaf_backend.video", reason="video.py not written yet (pipeline cannot run)")
-    pytest.importorskip("decaf_backend.sam2_session", reason="sam2_session.py not written yet")
     tiny = request.getfixturevalue("tiny_models")
     build_davis(tmp_path / "data", n=4)
     dataset = load_dataset("davis17", tmp_path / "data")
