@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import tempfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,17 +24,19 @@ from decaf_backend.errors import DecafError
 from decaf_backend.eval.datasets import load_dataset
 from decaf_backend.eval.report import format_table
 from decaf_backend.eval.runner import EvaluationRunner
-from decaf_backend.eval.segmenters import PipelineFactory
+from decaf_backend.eval.segmenters import OracleSegmenter, PipelineFactory
 
 from .synthetic_rvos import (
     BUILDERS,
-    OracleFactory,
+    RendezvousOracleFactory,
     TruthSegmenter,
     build_davis,
     build_mevis,
     build_revos,
     build_ytvos,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def read_csv(path):
@@ -140,14 +146,62 @@ def test_split_without_ground_truth_writes_the_submission_layout(builder, name, 
     assert "no public ground truth" in format_table(report)
 
 
-def test_workers_in_separate_processes(tmp_path):
-    build_mevis(tmp_path / "data")
-    dataset = load_dataset("mevis", tmp_path / "data")
-    factory = OracleFactory("mevis", str(tmp_path / "data"), "valid_u")
-    report = EvaluationRunner(dataset, tmp_path / "out").run(
-        factory=factory, workers=2, devices=["", ""], progress=False
+@pytest.fixture(scope="module")
+def local_ray():
+    """A small local Ray for the worker tests (2 CPUs, 200 MB object store, a private temp dir); workers
+    import this checkout (tests and all) through PYTHONPATH."""
+    ray = pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="er", dir=REPO / "tmp" if (REPO / "tmp").is_dir() else None)
+    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+             _temp_dir=temp, runtime_env={"env_vars": {"PYTHONPATH": python_path}})  # fmt: skip
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_workers_run_on_ray_and_match_a_single_process(tmp_path, local_ray):
+    build_davis(tmp_path / "data")
+    dataset = load_dataset("davis17", tmp_path / "data")
+    factory = RendezvousOracleFactory("davis17", str(tmp_path / "data"), "valid", str(tmp_path / "meet"), 2,
+                                      fail=("bike/4",))  # fmt: skip
+    report = EvaluationRunner(dataset, tmp_path / "ray").run(
+        factory=factory, workers=2, devices=["cpu", "cpu"], progress=False
     )
-    assert not report.failed and report.metrics["overall"]["JF"] == 100.0
+    assert [f"{r.video}/{r.exp_id}" for r in report.failed] == ["bike/4"]
+    assert report.failed[0].error == "RuntimeError: bike/4 fell over"
+    workers = {r.object_name for r in report.records if r.status == "ok"}
+    assert len(workers) == 2 and all(w.endswith(":") for w in workers)  # two processes, GPUs hidden
+
+    single = EvaluationRunner(dataset, tmp_path / "single").run(OracleSegmenter(dataset), progress=False)
+    drop = ("object_name", "seconds", "status", "error", "JF", "J", "F")
+    ray_rows, single_rows = read_csv(report.csv_path), read_csv(single.csv_path)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ray_rows] == [
+        {k: v for k, v in r.items() if k not in drop} for r in single_rows
+    ]
+    for ray_row, single_row in zip(ray_rows, single_rows):
+        if ray_row["status"] == "ok":
+            assert (ray_row["J"], ray_row["F"], ray_row["JF"]) == (
+                single_row["J"],
+                single_row["F"],
+                single_row["JF"],
+            )
+    assert report.metrics["overall"]["JF"] == pytest.approx(100 * 15 / 16)  # the failure scores 0
+
+
+def test_cli_workers_on_ray(tmp_path, local_ray, capsys):
+    build_mevis(tmp_path / "data")
+    out = tmp_path / "out"
+    assert evaluate(tmp_path / "data", out, "--oracle", "--save-masks", "--workers", "2") == 0
+    assert "100.00" in capsys.readouterr().out
+    (out / "predictions" / "clip1" / "1" / "00002.png").unlink()
+    args = ["--predictions", str(out / "predictions"), "--devices", "cpu,cpu"]
+    assert evaluate(tmp_path / "data", tmp_path / "again", *args) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2] == "1 expression(s) failed (not cached: a rerun retries them):"
+    assert lines[-1].startswith("  clip1/1: DecafError: prediction ") and "00002.png missing" in lines[-1]
 
 
 def test_cli_evaluate_oracle_with_masks_and_overlays(tmp_path, capsys):

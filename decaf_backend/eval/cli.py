@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from ..errors import DecafError
 from .checks import check_dataset
 from .datasets import ALIASES, DATASETS, load_dataset
+from .pool import default_devices
 from .report import format_failures, format_table
 from .runner import EvaluationRunner
-from .segmenters import OracleSegmenter, PipelineFactory, PngFolderSegmenter
+from .segmenters import OracleFactory, OracleSegmenter, PipelineFactory, PngFolderSegmenter
 
 EXIT_CODES = "exit code: 0 every expression scored, 1 some failed (listed at the end), 2 bad input"
 
@@ -21,16 +23,27 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise DecafError("--oracle and --predictions exclude each other")
     # bad input is refused before anything is loaded or written: the oracle needs ground truth, and the
     # whole split must parse, with every listed frame and annotation on disk
-    segmenter = OracleSegmenter(dataset) if args.oracle else None
-    if args.predictions:
-        segmenter = PngFolderSegmenter(args.predictions)
+    overrides = {k: v for k, v in (("num_key_frames", args.key_frames),) if v is not None}
+    if args.oracle:
+        OracleSegmenter(dataset)  # refuses a split without ground truth
+        factory = OracleFactory(dataset.name, str(dataset.root), dataset.split)
+    elif args.predictions:
+        PngFolderSegmenter(args.predictions)  # refuses a missing folder
+        factory = functools.partial(PngFolderSegmenter, args.predictions)
+    else:
+        factory = PipelineFactory(args.mllm, args.sam2, args.device, args.dtype, overrides)
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    workers = args.workers or (len(devices) if devices else 1)
+    if workers > 1 and not devices:  # the models want a GPU each; the oracle and PNGs need none
+        devices = default_devices(
+            workers, use_gpus=isinstance(factory, PipelineFactory) and args.device != "cpu"
+        )
     check = check_dataset(dataset)
     check.raise_if_any(dataset)
     if args.check_only:
         print(f"{dataset.name} / {dataset.split}: {len(check.expressions)} expressions, {check.num_videos} videos, "
               f"{check.num_frames} frames; every listed frame and annotation is there")  # fmt: skip
         return 0
-    overrides = {k: v for k, v in (("num_key_frames", args.key_frames),) if v is not None}
     if args.oracle:
         source = "oracle"
     elif args.predictions:
@@ -47,14 +60,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         signature=signature,
         restart=args.restart,
     )
-    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
-    if segmenter is not None:
-        report = runner.run(segmenter=segmenter, limit=args.limit, progress=not args.quiet,
-                            expressions=check.expressions)  # fmt: skip
-    else:
-        factory = PipelineFactory(args.mllm, args.sam2, args.device, args.dtype, overrides)
-        report = runner.run(factory=factory, limit=args.limit, workers=args.workers, devices=devices,
-                            progress=not args.quiet, expressions=check.expressions)  # fmt: skip
+    report = runner.run(factory=factory, limit=args.limit, workers=workers, devices=devices,
+                        progress=not args.quiet, expressions=check.expressions)  # fmt: skip
     print(format_table(report))
     print(f"per-expression results: {report.csv_path}")
     if report.failed:
@@ -82,11 +89,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N expressions")
     p.add_argument("--out", default=None, help="output folder (default outputs/eval/<dataset>_<split>)")
     p.add_argument(
-        "--workers", type=int, default=1, help="processes, one GPU each (several GPUs on one machine)"
-    )
+        "--workers", type=int, default=None,
+        help="Ray workers, each loading the models once on its own GPU (default: one per --devices entry, "
+        "else 1 in this process); CPU workers where no GPU is visible",
+    )  # fmt: skip
     p.add_argument(
-        "--devices", default=None, help="GPU ids for the workers, e.g. 0,1,2,3 (default: 0..workers-1)"
-    )
+        "--devices", default=None,
+        help="GPU ids (or 'cpu') for the workers, e.g. 0,1,2,3 (default: the visible GPUs in turn)",
+    )  # fmt: skip
     p.add_argument(
         "--mllm", default=None, help="hub id or local folder (default: $DECAF_MLLM or Qwen2.5-VL-7B)"
     )

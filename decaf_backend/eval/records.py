@@ -32,9 +32,9 @@ class ExpressionRecord:
     random_weights: bool = False  # made by tiny random-weight test models: the numbers mean nothing
 
     @classmethod
-    def failure(cls, expr: Expression, exc: BaseException) -> ExpressionRecord:
-        return cls(expr.video, expr.exp_id, expr.text, len(expr.frames), "error", expr.type_id,
-                   error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+    def failure(cls, expr: Expression, error: str) -> ExpressionRecord:
+        """The record of an expression that failed with `error` ("ExcType: message")."""
+        return cls(expr.video, expr.exp_id, expr.text, len(expr.frames), "error", expr.type_id, error=error)
 
 
 @dataclass

@@ -10,7 +10,7 @@ Failures are not cached (a rerun retries them) and score 0 like in the official 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from ..errors import DecafError
 from .datasets import Expression, RVOSDataset
 from .metrics import DEFAULT_BOUND_TH
 from .outputs import write_csv, write_expression_overlay, write_mask_pngs, zip_submission
-from .pool import Outcome, segment_in_process, segment_with_workers
+from .pool import Outcome, describe, segment_in_process, segment_with_workers
 from .records import EvaluationReport, ExpressionRecord
 from .report import running_score, write_summary
 from .scoring import aggregate, score_expression
@@ -85,11 +85,14 @@ class EvaluationRunner:
         devices: Sequence[str] | None = None,
         progress: bool = True,
         expressions: Sequence[Expression] | None = None,
+        ray_init: Mapping[str, Any] | None = None,
     ) -> EvaluationReport:
         """Evaluate the first `limit` expressions (all by default), skipping cached ones.
 
-        Either `segmenter` (in this process) or `factory` (called once per worker; with workers > 1 each
-        worker gets its own GPU through CUDA_VISIBLE_DEVICES). `expressions`: the already parsed split.
+        Either `segmenter` (in this process) or a picklable `factory` (called once per worker). With
+        workers > 1, or `devices` given, the expressions run on Ray workers, one per entry of `devices`
+        (GPU ids or "cpu", cycled; default: the visible GPUs in turn, else CPU workers); `ray_init`: extra
+        `ray.init` arguments for the local Ray. `expressions`: the already parsed split.
         """
         from tqdm import tqdm
 
@@ -107,13 +110,16 @@ class EvaluationRunner:
         bar = tqdm(total=len(exprs), initial=len(records), desc=f"{self.dataset.name}/{self.dataset.split}",
                    unit="exp", disable=not progress)  # fmt: skip
         try:
-            for expr, payload, error in self._segment(pending, segmenter, factory, workers, devices):
-                try:
-                    if error is not None:
-                        raise error
-                    records[expr.key] = self.finish(expr, payload)
-                except Exception as exc:  # noqa: BLE001 - one bad expression must not stop the benchmark
-                    records[expr.key] = ExpressionRecord.failure(expr, exc)
+            for expr, payload, error in self._segment(
+                pending, segmenter, factory, workers, devices, ray_init
+            ):
+                if error is None:
+                    try:
+                        records[expr.key] = self.finish(expr, payload)
+                    except Exception as exc:  # noqa: BLE001 - one bad expression must not stop the benchmark
+                        error = describe(exc)
+                if error is not None:
+                    records[expr.key] = ExpressionRecord.failure(expr, error)
                 bar.update(1)
                 bar.set_postfix_str(running_score(records.values()))
         finally:
@@ -127,13 +133,14 @@ class EvaluationRunner:
         factory: Callable[[], Segmenter] | None,
         workers: int,
         devices: Sequence[str] | None,
+        ray_init: Mapping[str, Any] | None,
     ) -> Iterator[Outcome]:
         if not pending:
             return iter(())
-        if workers <= 1 or factory is None:
+        if factory is None or (workers <= 1 and not devices):
             seg = segmenter if segmenter is not None else factory()  # a model that fails to load stops here
             return segment_in_process(pending, seg)
-        return segment_with_workers(pending, factory, workers, devices)
+        return segment_with_workers(pending, factory, workers, devices, ray_init)
 
     def _report(self, records: list[ExpressionRecord]) -> EvaluationReport:
         metrics = aggregate(records, self.dataset.aggregation) if self.dataset.has_gt else {}

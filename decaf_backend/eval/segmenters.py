@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DecafError
 from ..types import FrameMasks
-from .datasets import Expression, RVOSDataset, safe_relpath
+from .datasets import Expression, RVOSDataset, load_dataset, safe_relpath
 
 Segmenter = Callable[[Expression], Any]  # returns VideoSegmentation, FrameMasks, (T, H, W) array or mask list
 
@@ -78,6 +78,18 @@ class OracleSegmenter:
 
     def __call__(self, expr: Expression) -> FrameMasks:
         return FrameMasks.from_array(np.stack([m > 0 for m in self.dataset.gt_masks(expr)]))
+
+
+@dataclass
+class OracleFactory:
+    """Picklable recipe for a worker: the oracle over the dataset, re-opened there."""
+
+    name: str
+    root: str
+    split: str
+
+    def __call__(self) -> Segmenter:
+        return OracleSegmenter(load_dataset(self.name, self.root, self.split))
 
 
 class PngFolderSegmenter:
