@@ -4,52 +4,55 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import DecafError
 from .checks import check_dataset
-from .datasets import ALIASES, DATASETS, load_dataset
+from .datasets import ALIASES, DATASETS, RVOSDataset, load_dataset
 from .pool import default_devices
 from .report import format_failures, format_table
 from .runner import EvaluationRunner
-from .segmenters import OracleFactory, OracleSegmenter, PipelineFactory, PngFolderSegmenter
+from .segmenters import OracleFactory, OracleSegmenter, PipelineFactory, PngFolderSegmenter, Segmenter
 
 EXIT_CODES = "exit code: 0 every expression scored, 1 some failed (listed at the end), 2 bad input"
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args.dataset, args.root, args.split)
+def _segmenter_factory(
+    args: argparse.Namespace, dataset: RVOSDataset, overrides: dict[str, Any]
+) -> tuple[Callable[[], Segmenter], str]:
+    """(picklable segmenter factory, what the cache signature calls it); bad choices are refused here."""
     if args.oracle and args.predictions:
         raise DecafError("--oracle and --predictions exclude each other")
-    # bad input is refused before anything is loaded or written: the oracle needs ground truth, and the
-    # whole split must parse, with every listed frame and annotation on disk
-    overrides = {k: v for k, v in (("num_key_frames", args.key_frames),) if v is not None}
     if args.oracle:
         OracleSegmenter(dataset)  # refuses a split without ground truth
-        factory = OracleFactory(dataset.name, str(dataset.root), dataset.split)
-    elif args.predictions:
+        return OracleFactory(dataset.name, str(dataset.root), dataset.split), "oracle"
+    if args.predictions:
         PngFolderSegmenter(args.predictions)  # refuses a missing folder
-        factory = functools.partial(PngFolderSegmenter, args.predictions)
-    else:
-        factory = PipelineFactory(args.mllm, args.sam2, args.device, args.dtype, overrides)
+        predictions = functools.partial(PngFolderSegmenter, args.predictions)
+        return predictions, f"png:{Path(args.predictions).resolve()}"
+    return PipelineFactory(args.mllm, args.sam2, args.device, args.dtype, overrides), "decaf"
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    # bad input is refused before anything is loaded or written: the oracle needs ground truth, and the
+    # whole split must parse, with every listed frame and annotation on disk
+    dataset = load_dataset(args.dataset, args.root, args.split)
+    overrides = {k: v for k, v in (("num_key_frames", args.key_frames),) if v is not None}
+    factory, source = _segmenter_factory(args, dataset, overrides)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     workers = args.workers or (len(devices) if devices else 1)
     if workers > 1 and not devices:  # the models want a GPU each; the oracle and PNGs need none
-        devices = default_devices(
-            workers, use_gpus=isinstance(factory, PipelineFactory) and args.device != "cpu"
-        )
+        use_gpus = isinstance(factory, PipelineFactory) and args.device != "cpu"
+        devices = default_devices(workers, use_gpus)
     check = check_dataset(dataset)
     check.raise_if_any(dataset)
     if args.check_only:
         print(f"{dataset.name} / {dataset.split}: {len(check.expressions)} expressions, {check.num_videos} videos, "
               f"{check.num_frames} frames; every listed frame and annotation is there")  # fmt: skip
         return 0
-    if args.oracle:
-        source = "oracle"
-    elif args.predictions:
-        source = f"png:{Path(args.predictions).resolve()}"
-    else:
-        source = "decaf"
+
     signature = {"segmenter": source, "mllm": args.mllm, "sam2": args.sam2, "config": overrides or None}
     out = Path(args.out) if args.out else Path("outputs") / "eval" / f"{dataset.name}_{dataset.split}"
     runner = EvaluationRunner(
