@@ -41,6 +41,16 @@ GOLDEN_FILES = (
     "e2e/tiny_qwen25vl/config.json",
     "e2e/tiny_qwen25vl/model.safetensors",
     "e2e/tiny_qwen25vl/tokenizer.json",
+    "e2e_llavaov/e2e_tiny_llavaov.json",
+    "e2e_llavaov/e2e_tiny_llavaov.npz",
+    "e2e_llavaov/tiny_llavaov/config.json",
+    "e2e_llavaov/tiny_llavaov/model.safetensors",
+    "e2e_llavaov/tiny_llavaov/frames/00000.png",
+    "e2e_internvl3/e2e_tiny_internvl3.json",
+    "e2e_internvl3/e2e_tiny_internvl3.npz",
+    "e2e_internvl3/tiny_internvl3/config.json",
+    "e2e_internvl3/tiny_internvl3/model.safetensors",
+    "e2e_internvl3/tiny_internvl3/frames/00000.png",
 )
 
 
