@@ -164,7 +164,8 @@ def test_check_reports_each_broken_entry_of_ytvos_and_davis(tmp_path):
 
     shutil.rmtree(tmp_path / "davis" / "train" / "Annotations" / "cars")
     problems = check_dataset(load_dataset("davis17", tmp_path / "davis", "train")).problems
-    assert len(problems) == 4 and all("Annotations/cars: annotation folder missing" in p for p in problems)
+    cars = tmp_path / "davis" / "train" / "Annotations" / "cars"
+    assert problems == [f"{cars}: annotation folder missing (first needed by video 'cars' expression '0')"]
 
 
 def test_check_reports_bad_revos_and_mevis_entries(tmp_path):
@@ -192,8 +193,12 @@ def test_check_reports_bad_revos_and_mevis_entries(tmp_path):
     build_mevis(tmp_path / "mevis")
     mask_file = tmp_path / "mevis" / "valid_u" / "mask_dict.json"
     edit_json(mask_file, lambda d: d["10"].__setitem__(0, {"size": [12, 32], "counts": "0"}))
+    edit_json(mask_file, lambda d: d["11"].__setitem__(1, {"size": [24, 32], "counts": "0"}))
     problems = check_dataset(load_dataset("mevis", tmp_path / "mevis")).problems
-    assert problems == [f"{mask_file}: anno_id 10 frame '00000': RLE runs cover 0 pixels, not 12x32"]
+    assert problems == [
+        f"{mask_file}: anno_id 10 frame '00000': RLE size [12, 32] differs from the frame size [24, 32]",
+        f"{mask_file}: anno_id 11 frame '00001': RLE runs cover 0 pixels, not 24x32",
+    ]
 
 
 @pytest.mark.parametrize("v2", [False, True])
@@ -218,6 +223,6 @@ def test_check_reports_bad_reasonvos_entries(tmp_path, v2):
         ann = tmp_path / "Annotations" / "MeViS_dog_park_01_1"
         expected = [
             f"{meta}: video 'dog_park_01' expression #1: needs 'exp_id', 'obj_id' and 'exp_text'",
-            f"{ann}: annotation folder missing (needed by video 'dog_park_01' expression '1')",
+            f"{ann}: annotation folder missing (first needed by video 'dog_park_01' expression '1')",
         ]  # a missing PNG in an existing folder is an unannotated frame, as in VideoLISA's evaluator
     assert check_dataset(load_dataset("reasonvos", tmp_path)).problems == expected

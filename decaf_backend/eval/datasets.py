@@ -227,8 +227,9 @@ class RVOSDataset:
                         f"{what}, but video {expr.video!r} lists {len(expr.frames)} frames",
                     )  # fmt: skip
                     continue
+                size = expr.size or _first_rle_size([rles])  # every frame of one video has one size
                 for i, rle in enumerate(rles):
-                    problem = rle_problem(rle, expr.size) if rle else None
+                    problem = rle_problem(rle, size) if rle else None
                     if problem:
                         problems.add(mask_path, f"anno_id {anno} frame {expr.frames[i]!r}", problem)
                         break
@@ -236,10 +237,11 @@ class RVOSDataset:
     def _check_png_annotations(
         self, exprs: Sequence[Expression], folder_of: Any, problems: Problems, by_obj_id: bool
     ) -> None:
-        """Annotation folders exist; with `by_obj_id`, obj_id is the palette value (an integer)."""
+        """Annotation folders exist (each reported once); with `by_obj_id`, obj_id is the palette value."""
+        reported: set[Path] = set()
         for expr in exprs:
             if by_obj_id:
-                if not expr.obj_ids or not all(o.lstrip("-").isdigit() for o in expr.obj_ids):
+                if not expr.obj_ids or not all(o.isdigit() for o in expr.obj_ids):
                     problems.add(
                         self.meta_path, expr.entry, f"obj_id {expr.obj_ids!r} is not a palette index"
                     )
@@ -248,8 +250,9 @@ class RVOSDataset:
                 problems.add(self.meta_path, expr.entry, "no object id: its ground truth cannot be found")
                 continue
             for folder in folder_of(expr):
-                if not folder.is_dir():
-                    problems.add(folder, "", f"annotation folder missing (needed by {expr.entry})")
+                if folder not in reported and not folder.is_dir():
+                    reported.add(folder)
+                    problems.add(folder, "", f"annotation folder missing (first needed by {expr.entry})")
 
     def _rle_union(self, expr: Expression, mask_dict: dict[str, Any]) -> Iterator[np.ndarray]:
         """Union of the RLEs of `expr.anno_ids`, frame by frame; absent (None/empty) entries add nothing."""
@@ -293,9 +296,10 @@ class RVOSDataset:
 
 
 def _first_rle_size(lists: Sequence[Sequence[Any]]) -> tuple[int, int] | None:
+    """The size of the first valid RLE (malformed ones are reported where they are decoded)."""
     for rles in lists:
         for rle in rles:
-            if rle:
+            if rle and rle_problem(rle) is None:
                 return int(rle["size"][0]), int(rle["size"][1])
     return None
 
