@@ -22,6 +22,7 @@ from decaf_backend.backend.runtime import Runtime
 from decaf_backend.backend.schema import parse_schema
 from decaf_backend.backend.server import create_app
 from decaf_backend.backend.settings import Settings
+from decaf_backend.errors import VideoError
 from tests.backend_helpers import ColourSegmenter, FakeLabelStudio, disc_and_square_frames, write_frames
 from tests.conftest import encode_video
 
@@ -319,3 +320,24 @@ def test_the_server_refuses_private_media_per_task_and_keeps_serving(servers: An
     refused = client.post("/predict", json=dict(body, tasks=tasks[:1], params={"context": context}))
     assert refused.status_code == 422 and "is not allowed" in refused.get_json()["error"]
     assert private.requests == []
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_frame_declaring_a_huge_size_is_refused_before_decoding(servers: Any, tmp_path: Path) -> None:
+    """A 60-byte BMP whose header says 10000x10000 (300 MB as RGB; under PIL's own bomb limit): refused from its
+    header."""
+    label_studio, _, _ = servers
+    header = b"BM" + (60).to_bytes(4, "little") + bytes(4) + (54).to_bytes(4, "little")
+    info = (40).to_bytes(4, "little") + (10000).to_bytes(4, "little") * 2 + (1).to_bytes(2, "little")
+    info += (24).to_bytes(2, "little") + bytes(24)
+    folder = tmp_path / "ls" / "frames"
+    folder.mkdir(parents=True)
+    (folder / "huge.bmp").write_bytes(header + info + bytes(6))
+    fetcher = _fetcher(tmp_path, label_studio)
+    schema = parse_schema(
+        (Path(__file__).resolve().parents[1] / "label_config" / "frames_masks.xml").read_text()
+    )
+    task = {"id": 4, "data": {"frames": ["/data/local-files/?d=frames/huge.bmp"], "prompt": "x"}}
+    with pytest.raises(VideoError, match=r"10000x10000 .*more than the limit"):
+        fetcher.open(task, schema)
+    assert not list((tmp_path / "model_dir" / "media").rglob("*.png"))

@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..lru import BoundedCache
 from ..types import VideoInfo
+from ..video import VideoLimits
 from .downloads import describe_failure, fetch
 from .errors import MediaError
 from .media_cache import MediaDiskCache
@@ -52,14 +53,20 @@ def media_key(schema: Schema, task: Mapping[str, Any]) -> str:
 
 
 def _as_folder_frame(src: Path, stem: Path, url: str) -> None:
-    """Keep a jpg/png frame as it is; convert any other image to png; refuse what is not an image."""
+    """Keep a jpg/png frame as it is; convert any other image to png; refuse what is not an image or too large."""
     try:
-        with Image.open(src) as img:
-            suffix = FOLDER_FORMATS.get(img.format or "")
-            if suffix is None:
-                img.convert("RGB").save(stem.with_suffix(".png"))
+        img = Image.open(src)  # reads the header only
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise MediaError(f"frame {redact_url(url)} is not a readable image: {exc}") from exc
+    with img:
+        # checked before any pixel is decoded: a small file can declare a huge image
+        VideoLimits.from_env().check_size(f"frame {redact_url(url)}", img.width, img.height)
+        suffix = FOLDER_FORMATS.get(img.format or "")
+        if suffix is None:
+            try:
+                img.convert("RGB").save(stem.with_suffix(".png"))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise MediaError(f"frame {redact_url(url)} is not a readable image: {exc}") from exc
     if suffix is None:
         src.unlink()
     else:
