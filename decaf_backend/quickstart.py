@@ -83,6 +83,7 @@ def run_quickstart(options: QuickstartOptions, out: TextIO = sys.stdout) -> int:
             install_label_studio(venv, log)
         models = _models(options, data_dir, say)
         previous = signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
         running = contextlib.ExitStack()
         ready = False
         try:
@@ -177,7 +178,7 @@ def _videos(options: QuickstartOptions, data_dir: Path) -> list[Path]:
     return videos
 
 
-def demo_clip(path: Path, num_frames: int = 12, height: int = 120, width: int = 160, fps: int = 6) -> Path:
+def demo_clip(path: Path, num_frames: int = 10, height: int = 96, width: int = 128, fps: int = 5) -> Path:
     """A small synthetic clip (a red disc crossing a textured background), encoded with PyAV; made once."""
     import av
     import numpy as np
