@@ -18,13 +18,14 @@ import requests
 
 from decaf_backend.backend.results import decode_brush
 from decaf_backend.cli import main as cli_main
+from decaf_backend.labelstudio_server import port_is_free
 from decaf_backend.quickstart import FRAMES_TITLE, TRACKS_TITLE
 from tests.conftest import encode_video, moving_disc_frames
 from tests.ls_fixtures import require_label_studio
 from tests.ls_server import free_port, ls_venv
 
 REPO = Path(__file__).resolve().parents[1]
-N, H, W, FPS = 8, 48, 64, 10
+N, H, W, FPS = 5, 48, 64, 10  # few frames: two tiny DecAF passes (frames and tracks) on a loaded CPU
 READY_TIMEOUT_S = (
     900  # first Label Studio start (migrations) plus two tiny DecAF passes on a loaded 2-core box
 )
@@ -174,9 +175,7 @@ def _stop_and_check(process: subprocess.Popen, data_dir: Path) -> None:
     assert state is not None and left == [], f"process groups left running: {left}"
     assert not state_path.exists()
     for service in ("label_studio", "backend"):
-        port = int(state[service]["url"].rsplit(":", 1)[1])
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", port))  # the port is free again
+        assert port_is_free(int(state[service]["url"].rsplit(":", 1)[1]))  # nothing listens there any more
 
 
 def _group_alive(pgid: int) -> bool:
