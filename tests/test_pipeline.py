@@ -69,34 +69,47 @@ def test_clicks_on_a_middle_frame_refine_all_frames_without_the_mllm(pipeline, s
     )
     neg = Click(middle, float(xs[len(xs) // 2]) + 0.5, float(ys[len(ys) // 2]) + 0.5, positive=False)
     pos = Click(middle, info.width * 0.1, info.height * 0.1, positive=True)
-    refined = pipeline.refine(segmentation, [pos, neg])
+    live = replace(segmentation, session=pipeline.start_session(segmentation))
+    refined = pipeline.refine(live, [pos, neg])
 
     assert pipeline.mllm.calls == calls_before
     assert len(refined.masks) == info.num_frames
     assert not np.array_equal(refined.masks[middle], before)
-    assert refined.session is segmentation.session and refined.session.clicks == [pos, neg]
+    assert refined.session.prompts == [pos, neg]
     assert "refine" in refined.timings
 
     # resending the same clicks (as Label Studio does) adds nothing and changes nothing
     again = pipeline.refine(refined, [pos, neg])
-    assert again.session.clicks == [pos, neg]
+    assert again.session.prompts == [pos, neg]
     assert all(np.array_equal(a, b) for a, b in zip(again.masks, refined.masks))
 
 
-def test_a_rebuilt_session_replays_the_clicks(pipeline, segmentation, synthetic_video):
-    info = segmentation.video
-    middle = info.num_frames // 2
-    clicks = [Click(middle, info.width * 0.5, info.height * 0.5), Click(middle, 3.0, 3.0, positive=False)]
-    box = Box(middle + 2, 10, 10, info.width / 2, info.height / 2)
-    live = pipeline.refine(
-        replace(segmentation, session=pipeline.rebuild_session(segmentation, synthetic_video)), clicks
-    )
-    live = pipeline.refine(live, boxes=[box])
+def _same(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
 
-    cold = replace(segmentation, session=None)
-    rebuilt = pipeline.refine(cold, clicks, video=synthetic_video)
-    rebuilt = pipeline.refine(rebuilt, boxes=[box])
-    assert all(np.array_equal(a, b) for a, b in zip(live.masks, rebuilt.masks))
+
+def test_a_rebuilt_session_gives_what_the_live_one_gives(pipeline, synthetic_video):
+    """The live session segment() made and one rebuilt from the stored segmentation (no session, as after a
+    restart) answer the same prompts with the same masks; so do one-at-a-time and all-at-once prompts."""
+    seg = pipeline.segment(synthetic_video, "the red ball rolling to the right")  # its own live session
+    info = seg.video
+    middle = info.num_frames // 2
+    prompts = [
+        Click(middle, info.width * 0.5, info.height * 0.5),
+        Click(middle, 3.0, 3.0, positive=False),
+        Box(middle + 2, 10, 10, info.width / 2, info.height / 2),
+    ]
+    live = seg
+    for k in range(1, len(prompts) + 1):  # incremental: each request carries one more prompt
+        live = pipeline.correct(live, prompts[:k])
+    assert live.session is seg.session and live.session.prompts == prompts
+    rebuilt = pipeline.correct(replace(seg, session=None), prompts, video=synthetic_video)
+    assert rebuilt.session is not seg.session and _same(live, rebuilt)
+    # undo: a request without the last prompt answers from the starting state, not from the live one
+    undone = pipeline.correct(live, prompts[:2], video=synthetic_video)
+    fresh = pipeline.correct(replace(seg, session=None), prompts[:2], video=synthetic_video)
+    assert undone.session is not live.session and _same(undone, fresh)
+    assert pipeline.correct(live, []).masks is seg.masks  # no prompt: the starting masks
 
 
 def test_bad_prompts_and_clicks_are_refused(pipeline, segmentation, synthetic_video):
