@@ -5,10 +5,13 @@ annotator's drafts)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from decaf_backend.backend.results import masks_from_brush_items
 from tests.backend_helpers import COLOURS, colour_mask
@@ -116,3 +119,110 @@ def test_sessions_stay_inside_the_byte_budget(media: Any, tmp_path: Path) -> Non
     )
     grey = ~_expected(frames, "red") & ~_expected(frames, "green")
     np.testing.assert_array_equal(second, _expected(frames, "red", "green") | grey)
+
+
+# -- against a real Label Studio with two annotators ---------------------------------------------------------------
+
+_MAKE_USER = """
+from organizations.models import Organization
+from rest_framework.authtoken.models import Token
+from users.models import User
+org = Organization.objects.first()
+user = User.objects.filter(email="{email}").first() or User.objects.create_user(email="{email}", password="{password}")
+user.active_organization = org
+user.save()
+org.add_user(user)
+print("TOKEN", Token.objects.get_or_create(user=user)[0].key)
+"""
+
+
+def _second_user(ls: Any, email: str = "b@example.com", password: str = "bpassword123") -> str:
+    """A second annotator of the organization, with a legacy token (made through Django's shell)."""
+    import subprocess
+
+    from tests.ls_server import _ls_env, _manage_py, ls_venv
+
+    venv = ls_venv()
+    env = _ls_env(ls.data_dir, ls.media_root, ls.username, ls.password, ls.token)
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), str(_manage_py(venv)), "shell", "-c", _MAKE_USER.format(email=email, password=password)],
+        env=env, check=True, capture_output=True, text=True, cwd=ls.data_dir.parent, timeout=300,
+    )  # fmt: skip
+    return next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("TOKEN"))
+
+
+@pytest.mark.labelstudio
+@pytest.mark.slow
+def test_two_annotators_through_label_studio(label_studio: Any, tmp_path: Path) -> None:
+    import requests
+    from werkzeug.serving import make_server
+
+    from decaf_backend.backend.server import create_app
+    from tests.backend_helpers import disc_and_square_frames, write_frames
+    from tests.ls_server import free_port
+    from tests.test_backend_server import FRAMES_CONFIG
+
+    ls = label_studio
+    frames = disc_and_square_frames(N, H, W)
+    folder = ls.media_root / "two_annotators"
+    names = write_frames(folder, frames)
+    project = ls.api(
+        "POST", "/api/projects", json={"title": "two annotators", "label_config": FRAMES_CONFIG}
+    )["id"]
+    ls.api("POST", "/api/storages/localfiles", json={"project": project, "path": str(folder), "use_blob_urls": True,
+                                                      "title": "frames"})  # fmt: skip
+    urls = [f"/data/local-files/?d=two_annotators/{n}" for n in names]
+    (task_id,) = ls.api(
+        "POST",
+        f"/api/projects/{project}/import?return_task_ids=true",
+        json=[{"frames": urls, "prompt": "red"}],
+    )["task_ids"]
+
+    fake = SimpleNamespace(url=ls.url, token=ls.token)  # _make's media fixture shape, for the real server
+    _, _, runtime = _make((fake, frames), tmp_path)
+    server = make_server("127.0.0.1", free_port(), create_app(runtime), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        backend = f"http://127.0.0.1:{server.server_port}"
+        ml = ls.api(
+            "POST",
+            "/api/ml",
+            json={"url": backend, "project": project, "title": "decaf", "is_interactive": True},
+        )
+        ls.api("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+               json={"selectedItems": {"all": True, "excluded": []}})  # fmt: skip
+        (start,) = ls.api("GET", f"/api/predictions?task={task_id}")
+        start_masks = masks_from_brush_items(start["result"], N, H, W).to_array()
+        np.testing.assert_array_equal(start_masks, _expected(frames, "red"))
+        b_token = _second_user(ls)
+        b_session = requests.Session()
+        b_session.headers["Authorization"] = f"Token {b_token}"
+
+        def click(session: Any, clicks: list[dict]) -> np.ndarray:
+            r = session.post(f"{ls.url}/api/ml/{ml['id']}/interactive-annotating",
+                             json={"task": task_id, "context": {"result": clicks}}, timeout=120)  # fmt: skip
+            assert r.status_code == 200 and "data" in r.json(), r.text[:500]
+            return masks_from_brush_items(r.json()["data"]["result"], N, H, W).to_array()
+
+        p = _points(frames)
+        a_green, b_grey = _click(*p["green"], 2), _click(*p["grey"], 2, positive=False)
+        np.testing.assert_array_equal(
+            click(ls.session, [a_green]), _expected(frames, "red", "green")
+        )  # user A
+        b = click(b_session, [b_grey])  # user B: exactly what a fresh session gives for B's click alone
+        fresh_client, _, _ = _make((fake, frames), tmp_path / "fresh")
+        task = ls.api("GET", f"/api/tasks/{task_id}")
+        fresh = _masks(_predict(fresh_client, [task], context={"result": [b_grey]}))
+        np.testing.assert_array_equal(b, fresh)
+        assert not (b & _expected(frames, "green")).any()  # none of A's green
+        # A's request without its earlier click (undo, then a click inside the disc): the starting masks
+        np.testing.assert_array_equal(click(ls.session, [_click(*p["red"], 2)]), start_masks)
+        # three clicks answered incrementally == the same three at once (fresh backend)
+        three = [a_green, _click(*p["red"], 2, positive=False), _click(*p["grey"], 1)]
+        steps = [click(ls.session, three[:k]) for k in range(1, 4)]
+        at_once = _masks(_predict(fresh_client, [task], context={"result": three}))
+        np.testing.assert_array_equal(steps[-1], at_once)
+        assert len(ls.api("GET", f"/api/predictions?task={task_id}")) == 1  # nothing of this was stored
+    finally:
+        server.shutdown()
