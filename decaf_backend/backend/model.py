@@ -23,7 +23,7 @@ from ..types import Box, FrameMasks, VideoInfo, VideoSegmentation
 from . import predictions as stored
 from .context import Frame, ObjectPrompts, is_interactive, parse_prompts
 from .errors import LabelConfigError, RequestError
-from .jobs import BATCH, DONE, FAILED, Job
+from .jobs import BATCH, DONE, FAILED, Job, describe_error
 from .media import Media, media_key
 from .results import VideoClock, brush_items, mask_bbox, prediction, track_item
 from .runtime import Runtime, get_runtime
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 class StillPrelabeling(DecafError):
     """A correction on a task whose pre-annotation has not produced the object's masks yet."""
+
+
+class CorrectionFailed(DecafError):
+    """A correction the device could not run (out of memory); nothing was recorded as applied."""
 
 
 def project_id_of(project: Any) -> int | None:
@@ -221,10 +225,17 @@ class DecafVideoModel:
         if self._schema().layout == "frames":
             draft = stored.draft_masks(task, self._schema(), obj, info.num_frames, info.height, info.width)
         accepted = runtime.sessions.accepted_prompts(key, draft)
-        with runtime.lanes.interactive():
-            masks, applied = runtime.sessions.correct(
-                runtime.pipeline(), key, start, [*seeds, *accepted, *prompts], media.reader
-            )
+        try:
+            with runtime.lanes.interactive():
+                masks, applied = runtime.sessions.correct(
+                    runtime.pipeline(), key, start, [*seeds, *accepted, *prompts], media.reader
+                )
+        except RuntimeError as exc:  # GPU out of memory: report it; the server and other tasks go on
+            reason = describe_error(exc)
+            if not reason.startswith("GPU out of memory"):
+                raise
+            runtime.metrics.inc("errors_total", kind="out_of_memory")
+            raise CorrectionFailed(f"task {task.get('id')}: {reason}; try again") from exc
         runtime.metrics.inc("corrections_total")
         runtime.metrics.inc("refine_runs_total", applied)
         return masks, start
