@@ -79,14 +79,19 @@ class CorrectionSession:
 
     def extend(self, prompts: Sequence[Prompt]) -> FrameMasks:
         """Apply `prompts` after the ones already in the state, one round and one propagation each."""
-        if self._state is None:
-            self._start()
-        for prompt in prompts:
-            self._apply(prompt)
-            self.prompts.append(prompt)
-            self._masks = self._collect()
-        if self._masks is None:
-            self._masks = self._collect()
+        try:
+            if self._state is None:
+                self._start()
+            for prompt in prompts:
+                self._apply(prompt)
+                self._masks = self._collect(prompt.frame)
+                self.prompts.append(prompt)  # recorded only once propagated
+            if self._masks is None:
+                self._masks = self._collect()
+        except BaseException:
+            # a prompt may sit half-applied in the state: start over on the next use, record nothing
+            self._state, self._masks, self.prompts = None, None, []
+            raise
         return self._masks
 
     @property
@@ -123,11 +128,13 @@ class CorrectionSession:
             normalize_coords=True,
         )
 
-    def _collect(self) -> FrameMasks:
+    def _collect(self, applying: int | None = None) -> FrameMasks:
+        """Propagate over the whole video (`applying`: the frame of a prompt being applied, not yet recorded)."""
         n = len(self.frames)
         first = self.frames[0]
         out = FrameMasks(n, first.shape[0], first.shape[1])
-        cond_frames = sorted(set(self.prompt_masks) | {p.frame for p in self.prompts})
+        frames = set(self.prompt_masks) | {p.frame for p in self.prompts}
+        cond_frames = sorted(frames if applying is None else frames | {applying})
         if not cond_frames:
             return out
 

@@ -122,3 +122,49 @@ def test_bad_prompts_and_clicks_are_refused(pipeline, segmentation, synthetic_vi
         pipeline.refine(segmentation, [Click(info.num_frames, 1, 1)])
     with pytest.raises(PromptOutOfRangeError, match="no area"):
         pipeline.refine(segmentation, boxes=[Box(0, 10, 10, 5, 20)])
+
+
+def _fake_session(predictor=None):
+    from decaf_backend.pipeline import CorrectionSession
+    from tests.fakes import BlankFrames, FakeSam2Predictor
+
+    frames = BlankFrames(7, 24, 32)
+    start = np.zeros((24, 32), bool)
+    start[8:14, 4:10] = True
+    return CorrectionSession(predictor or FakeSam2Predictor(radius=3.0), frames, {2: start})
+
+
+def test_one_prompt_more_continues_the_state_and_equals_all_at_once_with_the_fake_predictor():
+    prompts = [Click(2, 20.0, 10.0), Click(4, 6.0, 11.0, positive=False), Box(5, 2, 2, 12, 12)]
+    live = _fake_session()
+    for k in range(1, 4):
+        masks = live.extend(prompts[k - 1 : k])
+        fresh = _fake_session()
+        np.testing.assert_array_equal(masks.to_array(), fresh.extend(prompts[:k]).to_array())
+    assert live.prompts == prompts
+    other = _fake_session().extend([prompts[1]])  # another sequence: not the same masks
+    assert not np.array_equal(other.to_array(), live.masks.to_array())
+
+
+def test_a_prompt_that_failed_to_propagate_is_not_recorded():
+    from tests.fakes import FakeSam2Predictor
+
+    class Flaky(FakeSam2Predictor):
+        fail = False
+
+        def propagate_in_video(self, *args, **kwargs):
+            if self.fail:
+                raise RuntimeError("device lost")
+            yield from super().propagate_in_video(*args, **kwargs)
+
+    predictor = Flaky(radius=3.0)
+    session = _fake_session(predictor)
+    session.extend([Click(2, 20.0, 10.0)])
+    predictor.fail = True
+    with pytest.raises(RuntimeError, match="device lost"):
+        session.extend([Click(3, 5.0, 5.0)])
+    assert session.prompts == []  # nothing recorded as applied; the state starts over
+    predictor.fail = False
+    again = session.extend([Click(2, 20.0, 10.0), Click(3, 5.0, 5.0)])
+    fresh = _fake_session().extend([Click(2, 20.0, 10.0), Click(3, 5.0, 5.0)])
+    np.testing.assert_array_equal(again.to_array(), fresh.to_array())
