@@ -90,3 +90,20 @@ def test_delivery_failure_is_counted_and_the_queue_keeps_working() -> None:
     queue.wait([nxt], 10)
     assert queue.settle(nxt).prediction == {"result": ["ok"]}
     assert queue.stats()["delivery_failures"] == 1
+
+
+def test_out_of_memory_on_one_task_is_reported_and_the_next_task_runs() -> None:
+    class OutOfMemoryError(RuntimeError):  # torch.cuda.OutOfMemoryError's name; no GPU needed to raise it
+        pass
+
+    def oom() -> dict:
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    failed: list = []
+    queue = JobQueue(lambda job: None, on_failure=lambda job, exc: failed.append((job.task_id, job.error)))
+    bad = queue.submit("a", 1, oom)
+    good = queue.submit("b", 2, lambda: {"result": ["ok"]})
+    queue.wait([bad, good], 120)  # the first torch import (to free the GPU cache) can be slow
+    assert queue.settle(bad).error.startswith("GPU out of memory: CUDA out of memory")
+    assert queue.settle(good).prediction == {"result": ["ok"]}
+    assert failed == [(1, bad.error)]
