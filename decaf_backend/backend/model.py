@@ -94,7 +94,12 @@ class DecafVideoModel:
                 raise RequestError("every task must be an object with an 'id'")
             out[i] = self.cached_prediction(task)
             if out[i] is None:
-                key = ("task", self.project_id, task["id"], _digest(task.get("data"), self.label_config))
+                key = (
+                    "task",
+                    self.project_id,
+                    task["id"],
+                    content_digest(task.get("data"), self.label_config),
+                )
                 job = self.runtime.jobs.submit(key, task["id"], self._prelabel_run(task), self.project_id)
                 pending.append((i, job))
         wait = self.settings.open_wait_s if len(tasks) == 1 else self.settings.batch_wait_s
@@ -374,7 +379,7 @@ def _empty_segmentation(obj: ObjectSpec, media: Media, masks: FrameMasks | None 
     )
 
 
-def _digest(*parts: Any) -> str:
+def content_digest(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import PromptError
 from .jobs import INTERACTIVE
-from .model import DecafVideoModel, _digest, submit_prediction_job
+from .model import DecafVideoModel, content_digest, submit_prediction_job
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _queue_track_correction(
     if not tracks:
         return {"status": "ignored", "reason": "the annotation holds no video track"}
     context = {"result": tracks}
-    key = ("track-fix", model.project_id, task["id"], annotation.get("id"), _digest(tracks))
+    key = ("track-fix", model.project_id, task["id"], annotation.get("id"), content_digest(tracks))
     run = partial(correct_annotation, model, task, context, annotation.get("id"))
     model.runtime.jobs.submit(
         key, task["id"], run, model.project_id, deferred=True, replace_ok=True, lane=INTERACTIVE
