@@ -39,6 +39,7 @@ class Settings:
     max_frames: int = 20000  # DECAF_MAX_FRAMES
     download_timeout_s: float = 60.0  # DECAF_DOWNLOAD_TIMEOUT_S: connect/read timeout of one download
     session_cache_mb: float = 4096.0  # DECAF_SESSION_CACHE_MB: byte budget of live segmentations
+    store_mb: float = 10240.0  # DECAF_STORE_MB: byte budget of the stored segmentations on disk (LRU)
     session_bytes_per_frame: int = 2 << 20  # DECAF_SESSION_BYTES_PER_FRAME: SAM2 state estimate per frame
     open_wait_s: float = 5.0  # DECAF_OPEN_WAIT_S: a one-task context-less /predict waits this long
     batch_wait_s: float = 80.0  # DECAF_BATCH_WAIT_S: a several-task /predict waits this long
