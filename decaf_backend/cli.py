@@ -141,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.set_defaults(func=_make_tiny_models)
 
-    for module in ("decaf_backend.eval.cli", "decaf_backend.export", "decaf_backend.backend.cli"):
+    for module in (
+        "decaf_backend.eval.cli",
+        "decaf_backend.export",
+        "decaf_backend.backend.cli",
+        "decaf_backend.scale.prelabel",
+    ):
         _register_optional(module, sub)
     return parser
 
