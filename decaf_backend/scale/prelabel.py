@@ -244,7 +244,11 @@ def register(sub: Any) -> None:
     p.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), help="legacy token or PAT")
     p.add_argument("--project", type=int, required=True, help="project id")
     p.add_argument("--tasks", default=None, help="only these task ids, e.g. 1,2,5-9 (default: all)")
-    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local Ray)")
+    p.add_argument(
+        "--ray-address",
+        default=os.environ.get("DECAF_RAY_ADDRESS") or None,
+        help="an existing Ray cluster, e.g. HEAD:6379 (default: $DECAF_RAY_ADDRESS, else a local Ray)",
+    )
     p.add_argument("--workers", type=int, default=None, help="N CPU workers (default: one per GPU)")
     p.add_argument("--devices", default=None, help="local GPU ids, one worker each, e.g. 0,1,3")
     p.add_argument("--gpus-per-worker", type=float, default=None, help="with --workers: GPU share each")
