@@ -2,6 +2,7 @@
 #   docker build -t decaf-backend .                                   # CUDA-enabled torch from PyPI (runs on CPU too)
 #   docker build -t decaf-backend --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .   # smaller, CPU only
 # Run: cd docker && ./make-env.sh > .env && docker compose up  (see README "Docker")
+# As a Ray node for `prelabel --ray-address`: docker run --gpus all --network host decaf-backend ray start --address HEAD:6379 --block
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=""

@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "decaf_backend.export",
         "decaf_backend.backend.cli",
         "decaf_backend.quickstart",
+        "decaf_backend.scale.prelabel",
     ):
         _register_optional(module, sub)
     return parser

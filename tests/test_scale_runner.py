@@ -113,7 +113,7 @@ def test_failures_are_retried_with_backoff_and_reported_without_raising(
     elapsed = time.monotonic() - start
     broken = results["always"]
     assert not broken.ok and broken.value is None and broken.attempts == 3
-    assert broken.error == "ValueError: this item is broken"
+    assert broken.error == "ValueError: this item is broken" and "Traceback" in broken.trace
     assert results["once"].ok and results["once"].value == "once ok" and results["once"].attempts == 2
     assert results["fine"].ok and results["fine"].attempts == 1
     assert elapsed >= 0.5 + 1.0  # the broken item waited 0.5 s, then 1.0 s before its retries
@@ -170,3 +170,43 @@ def test_plan_workers() -> None:
         plan_workers(None, ["gpu0"], gpus=1)
     with pytest.raises(ValueError, match="at least 1"):
         plan_workers(0, None, gpus=0)
+
+
+# the backend's batch lane on the runner ---------------------------------------------------------------------
+def colour_pipeline(settings: object) -> object:
+    from tests.backend_helpers import ColourSegmenter
+
+    return ColourSegmenter()  # segment/refine by colour: no models to load in the worker
+
+
+def test_backend_lane_returns_the_backend_s_prediction_as_a_future(local_ray: None, tmp_path: Path) -> None:
+    from decaf_backend.backend.model import DecafVideoModel
+    from decaf_backend.backend.runtime import Runtime
+    from decaf_backend.backend.settings import Settings
+    from decaf_backend.scale.backend_lane import LaneTaskError, RayBatchLane
+    from tests.backend_helpers import FakeLabelStudio, disc_and_square_frames, write_frames
+
+    names = write_frames(tmp_path / "frames" / "clip", disc_and_square_frames())
+    config = (REPO / "label_config" / "frames_masks.xml").read_text()
+    good = {"id": 1, "data": {"frames": [f"/data/local-files/?d=frames/clip/{n}" for n in names], "prompt": "the red disc"}}  # fmt: skip
+    bad = {"id": 2, "data": {"frames": ["/data/local-files/?d=frames/none.png"], "prompt": "the red disc"}}
+    fake = FakeLabelStudio(tmp_path)  # serves the frames, token-checked, like Label Studio
+    try:
+        settings = Settings(
+            label_studio_url=fake.url, label_studio_api_key=fake.token, model_dir=tmp_path / "lane"
+        )
+        lane = RayBatchLane(settings, workers=1, retries=0, pipeline_factory=colour_pipeline)
+        try:
+            futures = [lane.submit(1, config, good), lane.submit(1, config, bad)]
+            got = futures[0].result(timeout=300)
+            with pytest.raises(LaneTaskError, match="MediaError: cannot download"):
+                futures[1].result(timeout=300)
+        finally:
+            lane.close()
+        with pytest.raises(LaneTaskError, match="closed"):
+            lane.submit(1, config, good).result(timeout=1)
+        here = Runtime(Settings(**{**settings.__dict__, "model_dir": tmp_path / "here"}), colour_pipeline)
+        expected = DecafVideoModel(1, config, here).predict_task(good)
+    finally:
+        fake.close()
+    assert got == expected and len(got["result"]) == len(names)

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class ItemResult(Generic[T, R]):
     value: R | None = None
     error: str | None = None
     attempts: int = 1
+    trace: str | None = None  # traceback of the last failure in the worker, for debugging
 
     @property
     def ok(self) -> bool:
@@ -137,8 +139,7 @@ class _Worker:
         try:
             return True, self._fn(self._state, item)
         except Exception as exc:  # noqa: BLE001 - a per-item error, retried by the driver
-            log.warning("item failed: %s", describe(exc), exc_info=True)
-            return False, describe(exc)
+            return False, (describe(exc), traceback.format_exc())
 
 
 _ACTOR_CLASS: Any = None
@@ -288,6 +289,26 @@ class RayRunner(Generic[S, T, R]):
         slot.alive = True
         self._starting[slot.actor.ready.remote()] = slot
 
+    def wait_ready(self, timeout: float | None = None) -> int:
+        """Block until every worker has built its state or failed to (at most `timeout` seconds); returns how
+        many are ready. Optional: `map` and `poll` use workers as they become ready."""
+        import ray
+
+        self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._starting:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            done, _ = ray.wait(list(self._starting), num_returns=1, timeout=left)
+            for ref in done:
+                self._on_ready(ref)
+        if not any(slot.alive for slot in self._slots):
+            raise WorkerStartError(
+                "no worker is running: " + "; ".join(sorted({s.error or "?" for s in self._slots}))
+            )
+        return len(self._idle) + len(self._running)
+
     def close(self) -> None:
         """Stop the workers (queued items are dropped) and the embedded Ray, if this runner started it."""
         import ray
@@ -404,6 +425,7 @@ class RayRunner(Generic[S, T, R]):
         import ray
 
         slot, attempt = self._running.pop(ref)
+        trace = None
         try:
             ok, value = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
@@ -411,6 +433,8 @@ class RayRunner(Generic[S, T, R]):
             self._replace(slot, value)
         else:
             self._idle.append(slot)
+            if not ok:
+                value, trace = value
         if ok:
             return ItemResult(attempt.index, attempt.item, value=value, attempts=attempt.attempts)
         if attempt.attempts <= self.retries:
@@ -418,7 +442,7 @@ class RayRunner(Generic[S, T, R]):
             log.info("item %d failed (%s); retry %d in %.1f s", attempt.index, value, attempt.attempts, delay)
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._tiebreak), attempt))
             return None
-        return ItemResult(attempt.index, attempt.item, error=value, attempts=attempt.attempts)
+        return ItemResult(attempt.index, attempt.item, error=value, attempts=attempt.attempts, trace=trace)
 
     def _replace(self, slot: _Slot, why: str) -> None:
         import ray
