@@ -68,6 +68,7 @@ from decaf_backend.video import key_frame_indices, open_video, write_video
 # the 7B text model's depth and heads, narrow: head dim 16 (mrope sections sum to 8), hidden 28 × 16
 NARROW7B_TEXT: dict[str, Any] = dict(
     QWEN25_VL_7B_TEXT,
+    vocab_size=512,  # the byte-level tokenizer's ids (< 263); 152k rows would only cost memory and time
     hidden_size=448,
     intermediate_size=896,
     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},

@@ -2,7 +2,8 @@
 
 16 key frames of a moving disc; N candidates on a regular grid over key frame 0 (the disc's cells among
 them), so NMS keeps several and they are tracked over all key frames. Both runs use the same predictor
-and its key-frame feature cache, so the difference is the batching alone. The sam2 checkpoint is the
+and its key-frame feature cache (each run encodes the 16 key frames once, into its own state), after one
+untimed warm-up run, so the difference is the batching alone. The sam2 checkpoint is the
 tiny random one unless --sam2 names another (any `load_sam2_predictor` source).
 
     python benchmarks/bench_stage_a.py --candidates 1 8 46
@@ -53,6 +54,7 @@ def main() -> None:
         predictor = load_sam2_predictor(source, device=args.device)
         frames = list(disc_frames(args.key_frames, args.height, args.width))
         print(f"sam2={predictor!r} key frames={len(frames)} {args.width}x{args.height}")
+        run_stage_a(predictor, frames, grid_candidates(1, len(frames)))  # warm-up: first-call allocations
         rows = []
         for n in args.candidates:
             points = grid_candidates(n, len(frames))
