@@ -22,12 +22,18 @@ from decaf_backend.video import open_video, write_video
 from tests.conftest import moving_disc_frames
 
 HEIGHT, WIDTH = 32, 48
-SHORT, LONG = 30, 90  # both longer than SAM2's memory reach of 17 frames
+# SAM2 reads the last `num_maskmem` memories and `max_obj_ptrs_in_encoder` object pointers; stage B keeps
+# the frames within that reach of the prompt frame plus a sliding window of it. A reach of 5 frames (instead
+# of the tiny model's 17) lets short videos show the steady state: the window is full from frame 25 on.
+OBJECT_POINTERS = 4
+SHORT, LONG = 30, 75
 
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
-    return load_sam2_predictor(build_tiny_sam2(tmp_path_factory.mktemp("sam2") / "sam2"), device="cpu")
+    predictor = load_sam2_predictor(build_tiny_sam2(tmp_path_factory.mktemp("sam2") / "sam2"), device="cpu")
+    predictor.model.max_obj_ptrs_in_encoder = OBJECT_POINTERS
+    return predictor
 
 
 def held_bytes(value: Any, seen: set[int]) -> int:
@@ -82,8 +88,8 @@ def test_stage_b_memory_does_not_grow_with_frames(predictor, videos) -> None:
     short, _ = peak_state_bytes(predictor, videos[SHORT])
     long, covered = peak_state_bytes(predictor, videos[LONG])
     assert covered > LONG // 2  # the object was really tracked over the long video
-    # the same bound for 3× the frames: what one more frame's outputs would add is far more than 1 %
-    assert long <= short * 1.01, (short, long)
+    # the same peak for 2.5× the frames (one more frame's outputs, > 16 KiB, would show)
+    assert long <= short + 4096, (short, long)
 
 
 def test_without_forgetting_the_state_grows(predictor, videos, monkeypatch) -> None:
