@@ -102,6 +102,7 @@ def test_bench_pipeline_full_needs_cuda() -> None:
     assert proc.stdout == ""
 
 
+@pytest.mark.slow  # builds the tiny models and runs every prompt twice (reference and ours)
 def test_bench_reference_tiny() -> None:
     """Reference computation and ours on the tiny models: same rollouts, fused map, points and masks."""
     proc = run_script(
