@@ -3,6 +3,7 @@ matches the reference's literal one on the same Q/K."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -99,3 +100,41 @@ def test_bench_pipeline_full_needs_cuda() -> None:
     assert proc.returncode == 2
     assert "--size full needs a CUDA GPU" in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.slow  # builds the tiny models and runs every prompt twice (reference and ours)
+def test_bench_reference_tiny() -> None:
+    """Reference computation and ours on the tiny models: same rollouts, fused map, points and masks."""
+    proc = run_script(
+        "bench_reference.py",
+        "--size",
+        "tiny",
+        "--frames",
+        "4",
+        "--height",
+        "56",
+        "--width",
+        "84",
+        "--max-new-tokens",
+        "2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    find(r"^size=tiny device=cpu dtype=float32 frames=4 84x56 key frames=4 video prompt L=\d+ ", out)
+    for stage in ("mllm_object", "mllm_background", "rollout", "fusion", "sam2_stage_a", "sam2_stage_b"):
+        find(rf"^{stage}\s+{NUMBER}\s+", out)
+    summary = json.loads(out.strip().splitlines()[-1])
+    for key in ("mllm_time_ratio", "mllm_peak_mem_ratio", "sam2_time_ratio"):
+        assert summary[key] > 0
+    assert summary["max_abs_diff_rollout"] < ROLLOUT_TOLERANCE
+    assert summary["max_abs_diff_fused"] < 1e-5
+    assert summary["points_equal"] and summary["masks_equal"] and summary["answers_equal"]
+
+
+def test_bench_reference_full_needs_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: --size full would build a 7B model")
+    proc = run_script("bench_reference.py", "--size", "full", timeout=120)
+    assert proc.returncode == 2 and "--size full needs a CUDA GPU" in proc.stderr
