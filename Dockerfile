@@ -1,7 +1,7 @@
 # DecAF Label Studio ML backend. Build from the repo root:
 #   docker build -t decaf-backend .                                   # CUDA-enabled torch from PyPI (runs on CPU too)
 #   docker build -t decaf-backend --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .   # smaller, CPU only
-# Run: docker compose -f docker/docker-compose.yml up  (see docker/README.md)
+# Run: cd docker && ./make-env.sh > .env && docker compose up  (see README "Docker")
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=""
@@ -26,4 +26,5 @@ USER decaf
 VOLUME /data
 EXPOSE 9090
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,os; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\",\"9090\")}/health', timeout=2)"
+# listens on 0.0.0.0: refuses to start without BASIC_AUTH_USER/BASIC_AUTH_PASS (docs/security.md)
 CMD ["python", "-m", "decaf_backend", "serve"]

@@ -42,10 +42,11 @@ from bench_rollout import reference_rollout, timed
 from decaf_backend.config import DecafConfig
 from decaf_backend.mllm import prompts
 from decaf_backend.mllm.loading import RANDOM_WEIGHTS_MARKER
+from decaf_backend.overlay import write_video
 from decaf_backend.pipeline import DecafPipeline
 from decaf_backend.rollout import rollout_last_row_from_qk
 from decaf_backend.types import Click
-from decaf_backend.video import key_frame_indices, open_video, write_video
+from decaf_backend.video import key_frame_indices, open_video
 
 # Qwen2.5-VL-7B-Instruct's published config.json (text model and vision tower)
 QWEN25_VL_7B_TEXT: dict[str, Any] = {
@@ -164,7 +165,8 @@ def build_full_sam2(out: Path) -> Path:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from decaf_backend.sam2_session import HUB_MODELS, TINY_OBJECT_SCORE_BIAS, load_sam2_config
+    from decaf_backend.sam2.loading import HUB_MODELS, load_sam2_config
+    from decaf_backend.sam2.tiny import TINY_OBJECT_SCORE_BIAS
 
     cfg = load_sam2_config(HUB_MODELS[SAM2_LARGE][0])
     with torch.random.fork_rng(devices=[]):

@@ -23,7 +23,6 @@ from decaf_backend.rollout import rollout_last_row_from_qk
 
 def reference_rollout(qs, ks, visual_range):
     """The literal reference: full probabilities per layer and the L×L×L matrix chain."""
-    v0, v1 = visual_range
     result = None
     for q, k in zip(qs, ks):
         b, h, length, d = q.shape
@@ -31,14 +30,22 @@ def reference_rollout(qs, ks, visual_range):
         scores = q.float() @ k.float().transpose(-1, -2) / d**0.5
         causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
         probs = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
-        head_score = probs[..., v0 : v1 + 1].amax(dim=-1).mean(dim=-1)
-        weights = head_score / head_score.amax(dim=-1, keepdim=True)
-        fused = (weights[..., None, None] * probs).mean(dim=1)
-        eye = torch.eye(length, device=q.device)
-        layer = 0.5 * fused + 0.5 * eye
-        result = layer if result is None else layer @ result
-        del scores, probs, fused
+        del scores
+        result = reference_layer_step(probs, visual_range, result)
+        del probs
     return result[:, -1, :]
+
+
+def reference_layer_step(probs, visual_range, result=None):
+    """One rollout layer as the reference computes it from its fp32 probabilities (B, H, L, L): head
+    weights, the head-weighted mean Ã = 0.5·Ā + 0.5·I (L×L) and the chain step Ã·R (spec §4)."""
+    v0, v1 = visual_range
+    head_score = probs[..., v0 : v1 + 1].amax(dim=-1).mean(dim=-1)
+    weights = head_score / head_score.amax(dim=-1, keepdim=True)
+    fused = (weights[..., None, None] * probs).mean(dim=1)
+    eye = torch.eye(probs.shape[-1], device=probs.device)
+    layer = 0.5 * fused + 0.5 * eye
+    return layer if result is None else layer @ result
 
 
 def timed(fn, device):

@@ -133,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     seg.set_defaults(func=_segment)
 
     tiny = sub.add_parser(
-        "make-tiny-models", help="build tiny random-weight Qwen2.5-VL, Qwen2-VL and SAM2 checkpoints"
+        "make-tiny-models", help="build tiny random-weight checkpoints of every MLLM family and SAM2"
     )
-    tiny.add_argument("dir", help="output folder (gets qwen2_5_vl/, qwen2_vl/, sam2/)")
     tiny.add_argument(
-        "--seed", type=int, default=None, help="one seed for all three (default: per-model seeds)"
+        "dir", help="output folder (gets qwen2_5_vl/ qwen2_vl/ internvl3/ llava_onevision/ qwen3_vl/ sam2/)"
+    )
+    tiny.add_argument(
+        "--seed", type=int, default=None, help="one seed for all models (default: per-model seeds)"
     )
     tiny.set_defaults(func=_make_tiny_models)
 

@@ -1,8 +1,10 @@
-"""Mask previews and indexed PNGs: DAVIS palette colours, overlay videos/GIFs with points and a caption."""
+"""Mask previews and indexed PNGs: DAVIS palette colours, overlay videos/GIFs with points and a caption, and the
+video/GIF writer they use (PyAV, PIL)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .video import write_video
+from .errors import VideoError
+from .video import as_rgb
 
 GIF_MAX_SIDE = 640  # GIFs of full-HD frames get huge; a preview does not need more
 
@@ -167,7 +170,7 @@ def write_overlay(
     alpha: float = 0.5,
     max_side: int | None = None,
 ) -> Path:
-    """Write an overlay preview: .mp4 / .webm / .gif … by the suffix of `path` (video.write_video).
+    """Write an overlay preview: .mp4 / .webm / .gif … by the suffix of `path` (write_video).
 
     masks_per_object: one entry per object, each indexable by frame (FrameMasks, (T, H, W) array, list).
     points: {"frame", "x", "y"} in pixels (pipeline's VideoSegmentation.points), drawn on their frame.
@@ -179,3 +182,69 @@ def write_overlay(
     return write_video(
         path, overlay_frames(frames_iter, masks_per_object, points, caption, alpha, max_side), fps
     )
+
+
+# ------------------------------------------------------------------------------------------------ video files
+
+
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.0) -> Path:
+    """Write HxWx3 uint8 frames (any iterable, consumed lazily for videos) as .gif (PIL) or a video file.
+
+    .mp4/.m4v/.mov/.mkv use H.264 (libx264, yuv420p): odd frame sizes are padded by one edge pixel to even.
+    .webm uses VP9. Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fps = float(fps) if fps and fps > 0 else 10.0
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        _write_gif(path, frames, fps)
+    elif suffix in (".mp4", ".m4v", ".mov", ".mkv", ".webm"):
+        try:
+            _write_av(path, frames, fps, "libvpx-vp9" if suffix == ".webm" else "libx264")
+        except BaseException:
+            path.unlink(missing_ok=True)  # no half-written or empty video left behind
+            raise
+    else:
+        raise VideoError(f"cannot write {path.name}: use .mp4, .mov, .mkv, .webm or .gif")
+    return path
+
+
+def _write_gif(path: Path, frames: Iterable[np.ndarray], fps: float) -> None:
+    images = [Image.fromarray(as_rgb(f)) for f in frames]
+    if not images:
+        raise VideoError(f"no frames to write to {path.name}")
+    if any(im.size != images[0].size for im in images):
+        raise VideoError(f"frames written to {path.name} must all have one size")
+    duration = max(20, round(1000 / fps))  # GIF delays are in 10 ms steps; most viewers clamp below 20 ms
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0)
+
+
+def _write_av(path: Path, frames: Iterable[np.ndarray], fps: float, codec: str) -> None:
+    import av
+
+    rate = Fraction(fps).limit_denominator(1001)
+    size: tuple[int, int] | None = None
+    with av.open(str(path), mode="w") as container:
+        stream = None
+        for frame in frames:
+            rgb = as_rgb(frame)
+            if size is None:
+                size = rgb.shape[:2]
+                stream = container.add_stream(codec, rate=rate)
+                # yuv420p halves chroma in both directions: H.264 needs even sizes (VP9 does not)
+                even = codec == "libx264"
+                stream.height = size[0] + (size[0] % 2 if even else 0)
+                stream.width = size[1] + (size[1] % 2 if even else 0)
+                stream.pix_fmt = "yuv420p"
+            elif rgb.shape[:2] != size:
+                raise VideoError(
+                    f"frames written to {path.name} must all have one size: {rgb.shape[:2]} != {size}"
+                )
+            pad = ((0, stream.height - size[0]), (0, stream.width - size[1]), (0, 0))
+            if pad[0][1] or pad[1][1]:
+                rgb = np.pad(rgb, pad, mode="edge")
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        if stream is None:
+            raise VideoError(f"no frames to write to {path.name}")
+        container.mux(stream.encode())

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .confidence import ConfidenceRecorder, summary_score
 from .config import DEFAULT_MLLM, DEFAULT_SAM2, DecafConfig
 from .errors import PromptError, PromptOutOfRangeError, VideoError
 from .fusion import coarse_masks, fuse_maps
@@ -43,97 +44,118 @@ def check_video(reader: VideoReader) -> VideoInfo:
     return info
 
 
+Prompt = Click | Box
+
+
 @dataclass
 class CorrectionSession:
-    """A live SAM2 state over the whole video, seeded with DecAF's prompt masks, that takes annotator clicks.
+    """A live SAM2 state over the whole video, seeded with the starting masks, that takes annotator prompts.
 
-    One SAM2 object stands for the segmented object. Its first conditioning inputs are DecAF's selected
-    prompt masks; clicks on a frame SAM2 has already tracked refine that frame's mask (SAM2 feeds the
-    previous mask logits to the decoder with the new points), then the whole video is propagated again.
-    Clicks are remembered, so a session rebuilt after eviction replays them and gives the same masks.
+    One SAM2 object stands for the segmented object. Its first conditioning inputs are the starting
+    segmentation's masks on its prompt frames (`starting_masks`), so a session rebuilt from a stored
+    segmentation equals the live one. Prompts (clicks, boxes) are applied one per round, each followed by a
+    propagation over the whole video: the state after k prompts depends only on the starting masks and those
+    k prompts, so continuing a session with one more prompt gives exactly what a fresh session given all of
+    them gives, at the cost of one propagation.
     """
 
     predictor: VideoPredictor
     frames: Any  # lazy frame sequence of the whole video
     prompt_masks: dict[int, np.ndarray]
-    clicks: list[Click] = field(default_factory=list)
-    boxes: list[Box] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)  # applied, in order
     _state: Any = None
-    _applied: int = 0  # number of (clicks + boxes) rounds already inside _state
-    _rounds: list[tuple[list[Click], list[Box]]] = field(default_factory=list)
     _masks: FrameMasks | None = None  # the masks after the last propagation
+    confidence: list[float] | None = None  # per frame, from SAM2's signals in the last propagation
 
-    def add(self, clicks: Sequence[Click], boxes: Sequence[Box]) -> bool:
-        """Remember new prompts; clicks already known (same frame, place and sign) are ignored.
+    @property
+    def clicks(self) -> list[Click]:
+        return [p for p in self.prompts if isinstance(p, Click)]
 
-        Label Studio resends every pending click of a label with each new one, so duplicates are normal.
-        Returns True when something new was added.
-        """
-        known = {(c.frame, round(c.x, 3), round(c.y, 3), c.positive) for c in self.clicks}
-        new_clicks = [c for c in clicks if (c.frame, round(c.x, 3), round(c.y, 3), c.positive) not in known]
-        new_boxes = [b for b in boxes if b not in self.boxes]
-        if not new_clicks and not new_boxes:
-            return False
-        self.clicks.extend(new_clicks)
-        self.boxes.extend(new_boxes)
-        self._rounds.append((new_clicks, new_boxes))
-        return True
+    @property
+    def boxes(self) -> list[Box]:
+        return [p for p in self.prompts if isinstance(p, Box)]
 
-    def propagate(self) -> FrameMasks:
-        """Bring the SAM2 state up to date with every remembered prompt and return masks for all frames."""
-        predictor = self.predictor
-        if self._masks is not None and self._applied == len(self._rounds):
-            return self._masks  # nothing new: propagating again would only cost time
-        if self._state is None:
-            self._state = predictor.init_state(self.frames)
-            self._applied = 0
-            predictor.reset_state(self._state)
-            for frame_idx, mask in sorted(self.prompt_masks.items()):
-                predictor.add_new_mask(self._state, frame_idx, CORRECTION_OBJECT_ID, mask)
-            if self._rounds and self.prompt_masks:
-                # clicks refine a tracked mask: SAM2 needs the propagated masks as their prior
-                self._collect()
-        for clicks, boxes in self._rounds[self._applied :]:
-            self._apply_round(clicks, boxes)
-        self._applied = len(self._rounds)
-        self._masks = self._collect()
+    def continues(self, prompts: Sequence[Prompt]) -> bool:
+        """True when `prompts` start with every prompt this session has applied (so it can go on from here)."""
+        return list(prompts[: len(self.prompts)]) == self.prompts
+
+    def extend(self, prompts: Sequence[Prompt]) -> FrameMasks:
+        """Apply `prompts` after the ones already in the state, one round and one propagation each."""
+        try:
+            if self._state is None:
+                self._start()
+            for prompt in prompts:
+                self._apply(prompt)
+                self._masks = self._collect(prompt.frame)
+                self.prompts.append(prompt)  # recorded only once propagated
+            if self._masks is None:
+                self._masks = self._collect()
+        except BaseException:
+            # a prompt may sit half-applied in the state: start over on the next use, record nothing
+            self._state, self._masks, self.prompts = None, None, []
+            raise
         return self._masks
 
-    def _apply_round(self, clicks: Sequence[Click], boxes: Sequence[Box]) -> None:
-        frames = sorted({c.frame for c in clicks} | {b.frame for b in boxes})
-        for frame_idx in frames:
-            pts = [(c.x, c.y) for c in clicks if c.frame == frame_idx]
-            labels = [1 if c.positive else 0 for c in clicks if c.frame == frame_idx]
-            frame_boxes = [b for b in boxes if b.frame == frame_idx]
-            box = None
-            if frame_boxes:
-                b = frame_boxes[-1]  # SAM2 takes one box per object and frame: the latest wins
-                box = np.array([b.x0, b.y0, b.x1, b.y1], dtype=np.float32)
-            self.predictor.add_new_points_or_box(
-                self._state,
-                frame_idx,
-                CORRECTION_OBJECT_ID,
-                points=np.array(pts, dtype=np.float32).reshape(-1, 2) if pts else None,
-                labels=np.array(labels, dtype=np.int32) if pts else None,
-                box=box,
-                normalize_coords=True,
-            )
+    @property
+    def masks(self) -> FrameMasks:
+        """The masks after every applied prompt (the propagated starting masks when none)."""
+        return self.extend(())
 
-    def _collect(self) -> FrameMasks:
+    def _start(self) -> None:
+        predictor = self.predictor
+        self._state = predictor.init_state(self.frames)
+        predictor.reset_state(self._state)
+        self.prompts = []
+        for frame_idx, mask in sorted(self.prompt_masks.items()):
+            predictor.add_new_mask(self._state, frame_idx, CORRECTION_OBJECT_ID, mask)
+        if self.prompt_masks:
+            # prompts refine a tracked mask: SAM2 needs the propagated masks as their prior
+            self._masks = self._collect()
+
+    def _apply(self, prompt: Prompt) -> None:
+        if isinstance(prompt, Click):
+            points = np.array([[prompt.x, prompt.y]], dtype=np.float32)
+            labels = np.array([1 if prompt.positive else 0], dtype=np.int32)
+            box = None
+        else:
+            points = labels = None
+            box = np.array([prompt.x0, prompt.y0, prompt.x1, prompt.y1], dtype=np.float32)
+        self.predictor.add_new_points_or_box(
+            self._state,
+            prompt.frame,
+            CORRECTION_OBJECT_ID,
+            points=points,
+            labels=labels,
+            box=box,
+            normalize_coords=True,
+        )
+
+    def _collect(self, applying: int | None = None) -> FrameMasks:
+        """Propagate over the whole video (`applying`: the frame of a prompt being applied, not yet recorded)."""
         n = len(self.frames)
         first = self.frames[0]
         out = FrameMasks(n, first.shape[0], first.shape[1])
-        cond_frames = sorted(
-            set(self.prompt_masks) | {c.frame for c in self.clicks} | {b.frame for b in self.boxes}
-        )
+        frames = set(self.prompt_masks) | {p.frame for p in self.prompts}
+        cond_frames = sorted(frames if applying is None else frames | {applying})
         if not cond_frames:
             return out
+        recorder = ConfidenceRecorder(self.predictor, n)
 
-        def sink(f: int, _ids: list[int], binary: np.ndarray) -> None:
+        def sink(f: int, obj_ids: list[int], binary: np.ndarray) -> None:
             out[f] = binary.any(axis=0)
+            recorder.record(self._state, f, obj_ids, binary)
 
         track_both_ways(self.predictor, self._state, cond_frames[0], n, sink)
+        self.confidence = recorder.result()
         return out
+
+
+def starting_masks(seg: VideoSegmentation) -> dict[int, np.ndarray]:
+    """The masks a correction session is conditioned on: the segmentation's own masks on its prompt frames
+    (its largest mask's frame when it has none). Read from the finished masks, so the stored segmentation
+    alone rebuilds the same session after a restart."""
+    frames = seg.prompt_frames or _largest_mask_frame(seg.masks)
+    return {int(f): seg.masks[f] for f in frames}
 
 
 class DecafPipeline:
@@ -162,7 +184,7 @@ class DecafPipeline:
     ) -> DecafPipeline:
         """Load both models: hub ids or local folders, falling back to DECAF_MLLM / DECAF_SAM2, then the defaults."""
         from .mllm import load_mllm
-        from .sam2_session import load_sam2_predictor
+        from .sam2.loading import load_sam2_predictor
 
         config = config or DecafConfig.from_env()
         mllm_name = mllm or os.environ.get("DECAF_MLLM") or DEFAULT_MLLM
@@ -237,9 +259,9 @@ class DecafPipeline:
             "ac_scores": [float(s) for s in np.asarray(tracking.ac_scores).ravel()],
             "tracklet_scores": [float(s) for s in np.asarray(tracking.tracklet_scores).ravel()],
             "object_answers": candidates,
+            "confidence": summary_score(tracking.frame_confidence),
         }
-        session = CorrectionSession(self.predictor, reader, prompt_masks)
-        return VideoSegmentation(
+        seg = VideoSegmentation(
             prompt=prompt,
             object_name=object_name,
             video=info,
@@ -251,7 +273,35 @@ class DecafPipeline:
             scores=scores,
             timings=timings,
             random_weights=self.random_weights,
-            session=session,
+            frame_confidence=tracking.frame_confidence,
+        )
+        seg.session = CorrectionSession(self.predictor, reader, starting_masks(seg))
+        return seg
+
+    def correct(
+        self,
+        seg: VideoSegmentation,
+        prompts: Sequence[Prompt],
+        session: CorrectionSession | None = None,
+        video: Any = None,
+    ) -> VideoSegmentation:
+        """The masks of `seg`'s starting state corrected by exactly `prompts` (clicks/boxes, in order).
+
+        The MLLM never runs here. `session` (default `seg.session`) is continued when its applied prompts are a
+        prefix of `prompts` (one more click costs one propagation); otherwise a fresh session starts from the
+        segmentation's starting masks, which needs `video` when `seg` has no live session. No prompts: `seg`.
+        """
+        prompts = list(prompts)
+        self.check_prompts(seg, prompts)
+        if not prompts:
+            return seg
+        session = session if session is not None else seg.session
+        if not isinstance(session, CorrectionSession) or not session.continues(prompts):
+            session = self.start_session(seg, video)
+        with _timed(timings := dict(seg.timings), "refine"):
+            masks = session.extend(prompts[len(session.prompts) :])
+        return replace(
+            seg, masks=masks, session=session, timings=timings, frame_confidence=session.confidence
         )
 
     def refine(
@@ -261,34 +311,36 @@ class DecafPipeline:
         boxes: Sequence[Box] = (),
         video: Any = None,
     ) -> VideoSegmentation:
-        """Add annotator clicks/boxes to the object's SAM2 session and re-propagate over the whole video.
+        """Add clicks/boxes after those `seg`'s session already holds (known ones are not added twice)."""
+        applied = list(seg.session.prompts) if isinstance(seg.session, CorrectionSession) else []
+        new = [p for p in [*clicks, *boxes] if p not in applied]
+        return self.correct(seg, [*applied, *new], video=video)
 
-        The MLLM never runs here. `video` is only needed when `seg.session` is gone (restart, eviction):
-        the session is then rebuilt from the segmentation's prompt frames and masks.
-        """
+    def check_prompts(self, seg: VideoSegmentation, prompts: Sequence[Prompt]) -> None:
         info = seg.video
-        for c in clicks:
-            _check_in_frame(c.frame, c.x, c.y, info.num_frames, info.width, info.height)
-        for b in boxes:
-            _check_in_frame(b.frame, b.x0, b.y0, info.num_frames, info.width, info.height)
-            _check_in_frame(b.frame, b.x1, b.y1, info.num_frames, info.width, info.height)
-            if b.x1 <= b.x0 or b.y1 <= b.y0:
-                raise PromptOutOfRangeError(f"box on frame {b.frame} has no area: {b}")
-        session = seg.session
-        if session is None:
-            session = self.rebuild_session(seg, video)
-        with _timed(timings := dict(seg.timings), "refine"):
-            session.add(clicks, boxes)
-            masks = session.propagate()
-        return replace(seg, masks=masks, session=session, timings=timings)
+        for p in prompts:
+            if isinstance(p, Click):
+                _check_in_frame(p.frame, p.x, p.y, info.num_frames, info.width, info.height)
+                continue
+            _check_in_frame(p.frame, p.x0, p.y0, info.num_frames, info.width, info.height)
+            _check_in_frame(p.frame, p.x1, p.y1, info.num_frames, info.width, info.height)
+            if p.x1 <= p.x0 or p.y1 <= p.y0:
+                raise PromptOutOfRangeError(f"box on frame {p.frame} has no area: {p}")
 
-    def rebuild_session(self, seg: VideoSegmentation, video: Any) -> CorrectionSession:
-        """A fresh correction session from a finished segmentation (its masks on the prompt frames)."""
+    def start_session(self, seg: VideoSegmentation, video: Any = None) -> CorrectionSession:
+        """A session in the segmentation's starting state: its live one if no prompt was applied to it yet,
+        else a fresh one over `video` (or the live session's frames) conditioned on `starting_masks(seg)`."""
+        live = seg.session if isinstance(seg.session, CorrectionSession) else None
+        if live is not None and not live.prompts:
+            return live
+        if video is None and live is not None:
+            video = live.frames
         if video is None:
             raise VideoError("the correction session is gone and no video was given to rebuild it")
-        reader = video if isinstance(video, VideoReader) else open_video(video)
-        frames = seg.prompt_frames or _largest_mask_frame(seg.masks)
-        return CorrectionSession(self.predictor, reader, {f: seg.masks[f] for f in frames})
+        reader = open_video(video) if isinstance(video, (str, Path)) else video
+        return CorrectionSession(self.predictor, reader, starting_masks(seg))
+
+    rebuild_session = start_session
 
 
 def _check_in_frame(frame: int, x: float, y: float, n: int, width: int, height: int) -> None:

@@ -154,6 +154,7 @@ def _layer_pass(
     visual_range: tuple[int, int],
     block_rows: int,
     heads_per_block: int,
+    visual_positions: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One layer for one sequence: returns (v·Atil (n,), head weights (H,)).
 
@@ -184,7 +185,11 @@ def _layer_pass(
             rows_idx = torch.arange(r0, r1, device=device)[:, None]
             future = torch.arange(r1, device=device)[None, :] > rows_idx
             probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)  # (h, b, r1)
-            if v0 < r1:
+            if visual_positions is not None:
+                seen = visual_positions[visual_positions < r1]
+                if seen.numel():
+                    row_max[heads, r0:r1] = probs[..., seen].amax(dim=-1)
+            elif v0 < r1:
                 row_max[heads, r0:r1] = probs[..., v0 : min(v1, r1 - 1) + 1].amax(dim=-1)
             u[heads, :r1] += torch.einsum("i,hij->hj", v[r0:r1], probs)
     weights = _weights_from_row_max_sums(row_max.sum(dim=-1), n)
@@ -199,8 +204,13 @@ def rollout_last_row_from_qk(
     last_index: Tensor | Sequence[int] | None = None,
     return_head_weights: bool = False,
     heads_per_block: int | None = None,
+    visual_positions: Tensor | Sequence[int] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Last rollout row (B, L) fp32 from post-RoPE Q (B, H, L, d) and K (B, Hk, L, d) per layer (§14.3).
+
+    `visual_positions` (batch item 0's exact visual positions) makes the head weights take their max over
+    those columns only instead of the span `visual_range`: the reference's InternVL path does this, since
+    frame separators sit between its visual tokens (spec §10).
 
     Layers in increasing order s..E. Hk must divide H (KV heads are repeated logically, never copied to
     H). Q/K are upcast to fp32 block by block; the causal softmax is exact per row. Memory per batch item:
@@ -224,6 +234,11 @@ def rollout_last_row_from_qk(
     num_kv = k_per_layer[0].shape[1]
     chunk = heads_per_block or max(1, num_heads // num_kv)
     device = q_per_layer[0].device
+    positions = None
+    if visual_positions is not None:
+        positions = torch.as_tensor(visual_positions, dtype=torch.long, device=device).reshape(-1)
+        if positions.numel() == 0 or int(positions.min()) < 0 or int(positions.max()) >= length:
+            raise ValueError(f"visual_positions must be non-empty and inside 0..{length - 1}")
     rows = torch.zeros(batch, length, dtype=torch.float32, device=device)
     weights_rev: list[Tensor] = []
     with torch.no_grad(), _ieee_fp32_matmul(device):
@@ -237,7 +252,7 @@ def rollout_last_row_from_qk(
             v[end] = 1.0
             item_weights = []
             for q, k in zip(reversed(q_per_layer), reversed(k_per_layer)):
-                v, w = _layer_pass(q[b, :, :n], k[b, :, :n], v, visual_range, block_rows, chunk)
+                v, w = _layer_pass(q[b, :, :n], k[b, :, :n], v, visual_range, block_rows, chunk, positions)
                 item_weights.append(w)
             rows[b, :n] = v
             weights_rev.append(torch.stack(item_weights))

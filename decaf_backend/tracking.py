@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .confidence import ConfidenceRecorder
 from .config import DecafConfig
 from .types import FrameMasks
 
@@ -227,17 +228,24 @@ def _propagate_into(
     max_frames: int,
     reverse: bool,
     sink: Any,
+    propagate: Any = None,
 ) -> None:
     """Run one propagation and hand each frame's (frame, obj_ids, bool masks (n_obj, H, W)) to `sink`."""
-    for f, obj_ids, logits in predictor.propagate_in_video(state, start, max_frames, reverse):
+    for f, obj_ids, logits in (propagate or predictor.propagate_in_video)(state, start, max_frames, reverse):
         sink(int(f), [int(o) for o in obj_ids], binarize_logits(logits))
 
 
-def track_both_ways(predictor: VideoPredictor, state: Any, frame: int, num_frames: int, sink: Any) -> None:
-    """Forward from `frame` to the end, then backward from frame−1 to 0 in the same state (reference order)."""
-    _propagate_into(predictor, state, frame, num_frames - frame, False, sink)
+def track_both_ways(
+    predictor: VideoPredictor, state: Any, frame: int, num_frames: int, sink: Any, together: bool = False
+) -> None:
+    """Forward from `frame` to the end, then backward from frame−1 to 0 in the same state (reference order).
+
+    together: track all objects in one batch per frame when the predictor can (`propagate_together`).
+    """
+    propagate = getattr(predictor, "propagate_together", None) if together else None
+    _propagate_into(predictor, state, frame, num_frames - frame, False, sink, propagate)
     if frame > 0:
-        _propagate_into(predictor, state, frame - 1, frame, True, sink)
+        _propagate_into(predictor, state, frame - 1, frame, True, sink, propagate)
 
 
 def run_stage_a(
@@ -245,10 +253,14 @@ def run_stage_a(
     key_frames: Sequence[np.ndarray],
     points: Sequence[Any],
     iou_threshold: float = 0.7,
+    batch_objects: bool = True,
 ) -> StageAResult:
     """Per-key-frame tracklets on a state built from the key frames only (spec §9.1).
 
     `points[t]` is None or has `points_xy` (N, 2) normalised (x, y) and `values` (N,) (the fused map there).
+    batch_objects: when the predictor can (`add_point_objects`, `propagate_together`), a key frame's
+    candidates are added in one batched call and the kept masks tracked in one batch, with the outputs of
+    the reference's object-by-object calls; False makes those calls one by one.
     """
     num_t = len(key_frames)
     state = predictor.init_state(key_frames)
@@ -260,20 +272,9 @@ def run_stage_a(
         if fp is None or len(fp.points_xy) == 0:
             continue
         xy = np.asarray(fp.points_xy, dtype=np.float32).reshape(-1, 2)
-        ious = []
-        logits = None
-        for k in range(len(xy)):
-            _, _, logits, iou = predictor.add_new_points_or_box(
-                state,
-                t,
-                FIRST_OBJECT_ID + k,
-                points=xy[k : k + 1],
-                labels=np.ones(1, dtype=np.int32),
-                normalize_coords=False,
-            )
-            ious.append(_scalar32(iou))
+        logits, ious = _add_candidates(predictor, state, t, xy, batch_objects)
         masks = binarize_logits(logits)  # every object as seen on frame t after the last click
-        scores = np.asarray(ious, np.float32) + np.asarray(fp.values, np.float32).reshape(-1)
+        scores = ious + np.asarray(fp.values, np.float32).reshape(-1)
         prev_masks = np.stack([tr.mask(t) for tr in tracklets]) if tracklets else None
         prev_scores = np.asarray([tr.score for tr in tracklets], np.float32)
         keep, delete_prev = nms_with_tracklets(masks, scores, iou_threshold, prev_masks, prev_scores)
@@ -288,7 +289,7 @@ def run_stage_a(
         )
         if not keep:
             continue
-        new = _track_kept_masks(predictor, state, t, num_t, masks[keep])
+        new = _track_kept_masks(predictor, state, t, num_t, masks[keep], batch_objects)
         dropped = set(delete_prev)
         tracklets = [tr for m, tr in enumerate(tracklets) if m not in dropped]
         height, width = masks.shape[1:]
@@ -296,8 +297,28 @@ def run_stage_a(
     return StageAResult(tracklets, log)
 
 
+def _add_candidates(
+    predictor: VideoPredictor, state: Any, t: int, xy: np.ndarray, batch_objects: bool
+) -> tuple[Any, np.ndarray]:
+    """Each point as a new object with one positive click on key frame t -> (logits of every object on
+    frame t after the last click, predicted IoU per object (N,) float32)."""
+    obj_ids = [FIRST_OBJECT_ID + k for k in range(len(xy))]
+    add_all = getattr(predictor, "add_point_objects", None) if batch_objects else None
+    if add_all is not None:
+        _, _, logits, iou = add_all(state, t, obj_ids, xy, np.ones(len(xy), dtype=np.int32))
+        return logits, np.asarray(_numpy32(iou)).reshape(-1)
+    ious = []
+    logits = None
+    for k, obj_id in enumerate(obj_ids):
+        _, _, logits, iou = predictor.add_new_points_or_box(
+            state, t, obj_id, points=xy[k : k + 1], labels=np.ones(1, dtype=np.int32), normalize_coords=False
+        )
+        ious.append(_scalar32(iou))
+    return logits, np.asarray(ious, np.float32)
+
+
 def _track_kept_masks(
-    predictor: VideoPredictor, state: Any, t: int, num_t: int, kept: np.ndarray
+    predictor: VideoPredictor, state: Any, t: int, num_t: int, kept: np.ndarray, together: bool = False
 ) -> list[np.ndarray]:
     """Re-seed the state with the kept masks on key frame t and track them over all key frames (packed)."""
     predictor.reset_state(state)
@@ -313,14 +334,18 @@ def _track_kept_masks(
             if obj in slot:
                 packed[slot[obj], f] = np.packbits(binary[row].reshape(-1))
 
-    track_both_ways(predictor, state, t, num_t, sink)
+    track_both_ways(predictor, state, t, num_t, sink, together)
     return [p.copy() for p in packed]  # separate buffers: a deleted tracklet frees its own memory
 
 
-def _scalar32(value: Any) -> np.float32:
+def _numpy32(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().float().cpu().numpy()
-    return np.float32(np.asarray(value, dtype=np.float32).reshape(-1)[0])
+    return np.asarray(value, dtype=np.float32)
+
+
+def _scalar32(value: Any) -> np.float32:
+    return np.float32(_numpy32(value).reshape(-1)[0])
 
 
 # --------------------------------------------------------------------------------------------- stage B
@@ -331,11 +356,13 @@ def run_stage_b(
     all_frames: Sequence[np.ndarray],
     prompt_frames: Sequence[int],
     prompt_masks: Sequence[np.ndarray],
+    confidence: ConfidenceRecorder | None = None,
 ) -> FrameMasks:
     """Propagate the selected prompt masks over the whole video (spec §9.4); the union of all objects.
 
     Masks are grouped by video frame in first-appearance order; each group gets a fresh state (reset),
-    is tracked forward then backward, and ORed into compressed per-frame masks.
+    is tracked forward then backward, and ORed into compressed per-frame masks. `confidence` records SAM2's
+    per-frame signals on the way.
     """
     num_frames = len(all_frames)
     if len(prompt_masks):
@@ -356,6 +383,8 @@ def run_stage_b(
     def sink(f: int, obj_ids: list[int], binary: np.ndarray) -> None:
         if binary.shape[0]:
             out.union(f, binary.any(axis=0))
+        if confidence is not None:
+            confidence.record(state, f, obj_ids, binary)
 
     for frame, masks in groups.items():
         predictor.reset_state(state)
@@ -382,6 +411,7 @@ class TrackingResult:
     selected_masks: np.ndarray  # (S, H, W) bool
     final_masks: FrameMasks
     nms_log: list[dict[str, Any]] = field(default_factory=list)
+    frame_confidence: list[float] | None = None  # per video frame, from SAM2's signals in stage B
 
     @property
     def tracklet_masks(self) -> np.ndarray:
@@ -418,11 +448,22 @@ def segment_with_points(
     final, chosen = select_final_prompts(scores, ac, config.final_score_threshold)
     video_idx = np.asarray([int(key_frame_indices[frames[k]]) for k in chosen], dtype=np.int64)
     prompt_masks = [tracklets[k].mask(int(frames[k])) for k in chosen]
-    final_masks = run_stage_b(predictor, all_frames, video_idx, prompt_masks)
+    recorder = ConfidenceRecorder(predictor, len(all_frames))
+    final_masks = run_stage_b(predictor, all_frames, video_idx, prompt_masks, recorder)
     height, width = final_masks.height, final_masks.width
     selected = np.stack(prompt_masks) if prompt_masks else np.zeros((0, height, width), dtype=bool)
     return TrackingResult(
-        tracklets, scores, frames, ac, final, chosen, video_idx, selected, final_masks, stage_a.nms_log
+        tracklets,
+        scores,
+        frames,
+        ac,
+        final,
+        chosen,
+        video_idx,
+        selected,
+        final_masks,
+        stage_a.nms_log,
+        recorder.result(),
     )
 
 

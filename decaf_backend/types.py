@@ -138,6 +138,9 @@ class VideoSegmentation:
     scores: dict[str, Any] = field(default_factory=dict)  # tracklet/final scores, overall score
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     random_weights: bool = False  # True when made with tiny random test models
+    # per frame, in [0, 1]: SAM2's own object score and predicted IoU for this object's mask (confidence.py);
+    # None when the predictor gives no such signals (fakes, masks read back from Label Studio)
+    frame_confidence: list[float] | None = None
     session: Any = None  # a live correction session (see pipeline.CorrectionSession), or None
 
     @property

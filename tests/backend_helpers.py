@@ -6,6 +6,7 @@ prediction API (token-checked like the real one).
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from decaf_backend.errors import PromptError, VideoError
-from decaf_backend.types import FrameMasks, VideoSegmentation
+from decaf_backend.types import Box, Click, FrameMasks, VideoSegmentation
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 TOLERANCE = 60  # max per-channel distance for "the same colour"
@@ -46,6 +47,7 @@ class ColourSession:
     reader: Any
     include: list[tuple[int, ...]] = field(default_factory=list)
     exclude: list[tuple[int, ...]] = field(default_factory=list)
+    prompts: list[Any] = field(default_factory=list)  # applied, in order (as the pipeline's session)
 
     def masks(self) -> FrameMasks:
         info = self.reader.info
@@ -60,11 +62,22 @@ class ColourSession:
             out[i] = mask
         return out
 
+    def apply(self, prompt: Any) -> None:
+        if isinstance(prompt, Click):
+            colour = tuple(int(v) for v in self.reader[prompt.frame][int(prompt.y), int(prompt.x)])
+            (self.include if prompt.positive else self.exclude).append(colour)
+        else:
+            cy, cx = int((prompt.y0 + prompt.y1) / 2), int((prompt.x0 + prompt.x1) / 2)
+            self.include.append(tuple(int(v) for v in self.reader[prompt.frame][cy, cx]))
+        self.prompts.append(prompt)
+
 
 class ColourSegmenter:
-    """segment(): pixels of the colour named in the prompt, on every frame. refine(): a positive click adds the
-    clicked colour on every frame, a negative one removes it, a box adds the colour at its centre. It counts its
-    calls so tests can check a correction never runs segment() (the MLLM stage) again.
+    """segment(): pixels of the colour named in the prompt, on every frame. correct(): a positive click adds the
+    clicked colour on every frame, a negative one removes it, a box adds the colour at its centre; a session whose
+    prompts are a prefix of the request's is continued, else one starts from the segmentation's masks (like the
+    pipeline). It counts its calls so tests can check a correction never runs segment() (the MLLM stage) again, and
+    records the prompts each correction applied anew (one more click = one applied prompt).
     """
 
     random_weights = False
@@ -73,12 +86,15 @@ class ColourSegmenter:
         self.segment_calls = 0
         self.refine_calls = 0
         self.refine_inputs: list[tuple[list, list]] = []
+        self.sessions_started = 0
 
     def segment(self, video: Any, prompt: str, progress: Any = None) -> VideoSegmentation:
         self.segment_calls += 1
         name = next((n for n in COLOURS if n in prompt.lower()), None)
         if name is None:
             raise PromptError(f"no colour named in {prompt!r}")
+        if progress is not None:
+            progress("video", 0.5)
         session = ColourSession(video, [COLOURS[name]])
         masks = session.masks()
         return VideoSegmentation(
@@ -92,28 +108,43 @@ class ColourSegmenter:
             session=session,
         )
 
+    def correct(
+        self, seg: VideoSegmentation, prompts: Any, session: Any = None, video: Any = None
+    ) -> VideoSegmentation:
+        prompts = list(prompts)
+        if not prompts:
+            return seg
+        if session is None and isinstance(seg.session, ColourSession) and not seg.session.prompts:
+            session = seg.session
+        if session is None or session.prompts != prompts[: len(session.prompts)]:
+            session = self._start(seg, video)
+        new = prompts[len(session.prompts) :]
+        self.refine_calls += 1
+        self.refine_inputs.append(
+            ([p for p in new if isinstance(p, Click)], [p for p in new if isinstance(p, Box)])
+        )
+        for prompt in new:
+            session.apply(prompt)
+        return replace(seg, masks=session.masks(), session=session)
+
     def refine(
         self, seg: VideoSegmentation, clicks: Any = (), boxes: Any = (), video: Any = None
     ) -> VideoSegmentation:
-        self.refine_calls += 1
-        self.refine_inputs.append((list(clicks), list(boxes)))
-        session = seg.session
-        if session is None:  # rebuilt like the pipeline: from the masks of the prompt (or largest) frame
-            if video is None:
-                raise VideoError("no session and no video to rebuild it")
-            session = ColourSession(video)
-            frames = seg.prompt_frames or [int(np.argmax([m.sum() for m in seg.masks]))]
-            for f in frames:
-                mask = seg.masks[f]
-                if mask.any():
-                    session.include.append(tuple(int(v) for v in np.median(video[f][mask], axis=0)))
-        for c in clicks:
-            colour = tuple(int(v) for v in session.reader[c.frame][int(c.y), int(c.x)])
-            (session.include if c.positive else session.exclude).append(colour)
-        for b in boxes:
-            cy, cx = int((b.y0 + b.y1) / 2), int((b.x0 + b.x1) / 2)
-            session.include.append(tuple(int(v) for v in session.reader[b.frame][cy, cx]))
-        return replace(seg, masks=session.masks(), session=session)
+        applied = list(seg.session.prompts) if isinstance(seg.session, ColourSession) else []
+        return self.correct(seg, [*applied, *[p for p in [*clicks, *boxes] if p not in applied]], video=video)
+
+    def _start(self, seg: VideoSegmentation, video: Any) -> ColourSession:
+        """Rebuilt like the pipeline: from the masks of the prompt (or largest) frame."""
+        if video is None:
+            raise VideoError("no session and no video to rebuild it")
+        self.sessions_started += 1
+        session = ColourSession(video)
+        frames = seg.prompt_frames or [int(np.argmax([m.sum() for m in seg.masks]))]
+        for f in frames:
+            mask = seg.masks[f]
+            if mask.any():
+                session.include.append(tuple(int(v) for v in np.median(video[f][mask], axis=0)))
+        return session
 
 
 # ------------------------------------------------------------------------------------------ fake Label Studio
@@ -202,3 +233,11 @@ def write_frames(folder: Path, frames: np.ndarray, suffix: str = ".png") -> list
         Image.fromarray(frame).save(folder / name)
         names.append(name)
     return names
+
+
+def without_review(config: str) -> str:
+    """A ready config minus its review box: these tests read every region; the review TextArea's result is
+    checked in test_backend_results.py and the browser test."""
+    return re.sub(
+        r'\s*<Header value="What the model thought"[^>]*/>\s*<TextArea name="review"[^>]*/>', "", config
+    )

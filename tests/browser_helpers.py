@@ -48,6 +48,8 @@ UI_TIMEOUT_MS = 60_000
 NEXT_PAGE = ".lsf-pagination__btn_arrow-right:not(.lsf-pagination__btn_arrow-right-double)"
 PREV_PAGE = ".lsf-pagination__btn_arrow-left:not(.lsf-pagination__btn_arrow-left-double)"
 AUTO_ANNOTATION = '[data-testid="bottombar-auto-annotation-toggle"]'
+AUTO_ACCEPT = '[data-testid="bottombar-auto-accept-toggle"]'
+REGION_ROW = ".lsf-outliner-item"
 ACCEPT = '[data-testid="bottombar-accept-suggestions-button"]'
 REJECT = '[data-testid="bottombar-reject-suggestions-button"]'
 SUBMIT = '[data-testid="bottombar-submit-button"]'
@@ -285,6 +287,17 @@ class LabelingSession:
             toggle.click(force=True)
         self.page.wait_for_selector(".lsf-toolbar__group > .lsf-tool_smart", state="visible")
 
+    def enable_auto_accept(self) -> None:
+        """Switch "Auto-Accept Suggestions" on (shown once Auto-Annotation is on; the browser remembers it in
+        localStorage, there is no project setting): a reply then becomes regions at once, no accept click."""
+        toggle = self.page.locator(AUTO_ACCEPT)
+        toggle.wait_for(state="attached")
+        if not toggle.is_checked():
+            toggle.click(force=True)
+        self.page.wait_for_function(
+            "(sel) => { const e = document.querySelector(sel); return e && e.checked; }", arg=AUTO_ACCEPT
+        )
+
     def pick_smart_keypoint(self) -> None:
         """Choose the smart keypoint in the magic-wand panel (clicking the group itself picks the smart brush)."""
         self.page.locator(".lsf-toolbar__group > .lsf-tool_smart").first.hover()
@@ -442,6 +455,30 @@ class LabelingSession:
         if not m:
             raise AssertionError(f"unreadable frame counter {text!r}")
         return int(m.group(1)), int(m.group(2))
+
+    # -- what the model thought -------------------------------------------------------------------------
+    def region_rows(self) -> list[str]:
+        """The Regions panel's rows as one line each ("<index> <label> <score>" when the region has a score)."""
+        return [" ".join(t.split()) for t in self.page.locator(REGION_ROW).all_inner_texts()]
+
+    def select_region(self, index: int) -> None:
+        """Select a region by its row in the Regions panel (its details then show in the Info panel)."""
+        self.page.locator(REGION_ROW).nth(index).click()
+        self.settle(0.5)
+
+    def view_text(self) -> str:
+        """Every text the page shows now, one line per block (what an annotator can read)."""
+        return self.page.locator("body").inner_text()
+
+    def text_top(self, text: str) -> float:
+        """The screen y of the first element showing exactly `text`."""
+        box = self.page.get_by_text(text, exact=True).first.bounding_box()
+        if box is None:
+            raise AssertionError(f"{text!r} is not on screen")
+        return float(box["y"])
+
+    def image_top(self) -> float:
+        return self.image_box().y
 
     def annotation_tabs(self) -> list[str]:
         """The texts of the annotation/prediction tabs (a prediction tab names its model version and score)."""

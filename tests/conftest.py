@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.golden import GOLDEN_DIR
+from tests.golden import GOLDEN_DIR, golden_required, missing_golden_files, skip_or_fail
 
 GOLDEN = GOLDEN_DIR
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # .ci/run sets DECAF_REQUIRE_GOLDEN when the golden folder sits beside the checkout: then a missing
-    # file must fail the run instead of quietly skipping the reference comparisons
-    if os.environ.get("DECAF_REQUIRE_GOLDEN") and not (GOLDEN / "README.md").is_file():
-        pytest.exit(f"DECAF_REQUIRE_GOLDEN is set but no golden data is at {GOLDEN}", returncode=1)
+    # folder or any missing file a test reads fails the run instead of quietly skipping comparisons
+    if not golden_required():
+        return
+    if not GOLDEN.is_dir():
+        pytest.exit(f"DECAF_REQUIRE_GOLDEN is set but no golden data folder is at {GOLDEN}", returncode=1)
+    missing = missing_golden_files(GOLDEN)
+    if missing:
+        pytest.exit(f"DECAF_REQUIRE_GOLDEN is set but {GOLDEN} lacks: {', '.join(missing)}", returncode=1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """Under DECAF_REQUIRE_GOLDEN, a test that skips for want of golden data fails instead, whichever
+    module's skip it was (a skipif marker, pytest.skip in a fixture or a test)."""
+    outcome = yield
+    report = outcome.get_result()
+    if golden_required() and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if "golden" in reason.lower():
+            report.outcome = "failed"
+            report.longrepr = f"DECAF_REQUIRE_GOLDEN is set, but the test skipped: {reason}"
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not GOLDEN.is_dir():
-        pytest.skip(f"golden data not found at {GOLDEN} (set DECAF_GOLDEN_DIR)")
+        skip_or_fail(f"golden data not found at {GOLDEN} (set DECAF_GOLDEN_DIR)")
     return GOLDEN
 
 

@@ -8,9 +8,12 @@ expressions of the GT-bearing split — computed here, independently of the read
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
@@ -249,15 +252,38 @@ class TruthSegmenter:
 
 
 @dataclass
-class OracleFactory:
-    """Picklable factory for worker processes: an oracle over a dataset re-opened in the worker."""
+class RendezvousOracleFactory:
+    """Picklable factory for Ray workers: the oracle, answering only once `workers` worker processes have
+    each taken an expression (so a test sees them all at work), with "<pid>:<CUDA_VISIBLE_DEVICES>" as
+    object name; `fail` names expressions that raise instead."""
 
     name: str
     root: str
     split: str
+    meeting: str  # a folder where each worker leaves its pid
+    workers: int
+    fail: tuple[str, ...] = ()
 
     def __call__(self):  # noqa: ANN204
         from decaf_backend.eval.datasets import load_dataset
-        from decaf_backend.eval.runner import OracleSegmenter
+        from decaf_backend.eval.segmenters import OracleSegmenter
 
-        return OracleSegmenter(load_dataset(self.name, self.root, self.split))
+        oracle = OracleSegmenter(load_dataset(self.name, self.root, self.split))
+        met = []
+
+        def segment(expr):  # noqa: ANN001, ANN202
+            if not met:
+                folder = Path(self.meeting)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / str(os.getpid())).touch()
+                deadline = time.monotonic() + 300
+                while len(list(folder.iterdir())) < self.workers and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                met.append(True)
+            if expr.key in self.fail:
+                raise RuntimeError(f"{expr.key} fell over")
+            return SimpleNamespace(
+                masks=oracle(expr), object_name=f"{os.getpid()}:{os.environ.get('CUDA_VISIBLE_DEVICES')}"
+            )
+
+        return segment

@@ -96,3 +96,99 @@ def test_video_files_from_folders_and_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(MediaError, match="no video files"):
         video_files([tmp_path / "empty"])
+
+
+def _serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BASIC_AUTH_", "DECAF_ALLOW_", "HOST", "PORT"))
+    }
+    return {**env, "MODEL_DIR": str(tmp_path), "PYTHONPATH": str(REPO), **extra}
+
+
+@pytest.mark.parametrize(
+    "args, extra, message",
+    [
+        ([], {}, "refusing to serve on 0.0.0.0:"),  # the default address, no credentials
+        (["--host", "192.0.2.1"], {"BASIC_AUTH_USER": "u"}, "BASIC_AUTH_PASS is empty"),
+        (
+            ["--host", "127.0.0.1"],
+            {"BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": ""},
+            "BASIC_AUTH_PASS is empty",
+        ),
+        (["--host", "::"], {"BASIC_AUTH_PASS": "p"}, "BASIC_AUTH_USER is empty"),
+        (
+            ["--host", "192.0.2.1"],
+            {"DECAF_ALLOW_UNAUTHENTICATED": "false"},
+            "DECAF_ALLOW_UNAUTHENTICATED=true",
+        ),
+    ],
+)
+def test_serve_refuses_to_start_open_to_others(tmp_path: Path, args: list, extra: dict, message: str) -> None:
+    """Refused before anything listens: the process exits with the reason and what to set."""
+    done = subprocess.run(
+        [sys.executable, "-m", "decaf_backend", "serve", "--no-preload", "--port", str(free_port()), *args],
+        cwd=REPO, env=_serve_env(tmp_path, **extra), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_serve_on_loopback_without_auth_starts_and_warns(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "decaf_backend", "serve", "--no-preload", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env=_serve_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline, health = time.monotonic() + 60, None
+        while time.monotonic() < deadline and health is None:
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
+            except requests.RequestException:
+                time.sleep(0.2)
+        assert health is not None and health["status"] == "UP"
+        assert requests.post(f"http://127.0.0.1:{port}/setup", json={}, timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=20)[0]
+    assert "without authentication: only this machine can reach it" in output
+
+
+def test_access_rules_allow_an_explicit_opt_out() -> None:
+    from decaf_backend.backend.settings import AccessError, check_serving_access, is_loopback_host
+
+    assert [is_loopback_host(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost")] == [
+        True
+    ] * 5
+    assert [is_loopback_host(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.com", "")] == [False] * 5
+    opened = Settings.from_env({"DECAF_ALLOW_UNAUTHENTICATED": "true"})
+    assert "WITHOUT authentication" in (check_serving_access(opened) or "")
+    assert check_serving_access(Settings(basic_auth_user="u", basic_auth_pass="p")) is None
+    with pytest.raises(AccessError, match="BASIC_AUTH_USER and BASIC_AUTH_PASS"):
+        check_serving_access(Settings())
+
+
+def test_docker_setup_generates_and_requires_the_credentials() -> None:
+    """make-env.sh fills every secret of example.env with a fresh value; compose refuses an empty password; the
+    backend in its container (0.0.0.0) starts with the generated settings and refuses without them."""
+    from decaf_backend.backend.settings import AccessError, check_serving_access
+
+    def parse(text: str) -> dict[str, str]:
+        pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+        return {k: v for k, v in pairs}
+
+    made = [
+        parse(subprocess.run(["sh", str(REPO / "docker" / "make-env.sh")], capture_output=True, text=True,
+                             check=True).stdout)
+        for _ in range(2)
+    ]  # fmt: skip
+    secrets = ("LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_API_KEY", "BASIC_AUTH_PASS", "WEBHOOK_SECRET")
+    assert all(env[k] and made[0][k] != made[1][k] for env in made for k in secrets)
+    assert len(made[0]["LABEL_STUDIO_API_KEY"]) == 40 and int(made[0]["LABEL_STUDIO_API_KEY"], 16) >= 0
+    assert check_serving_access(Settings.from_env(made[0], host="0.0.0.0")) is None
+    example = parse((REPO / "docker" / "example.env").read_text())
+    with pytest.raises(AccessError):
+        check_serving_access(Settings.from_env(example, host="0.0.0.0"))
+    compose = (REPO / "docker" / "docker-compose.yml").read_text()
+    assert "BASIC_AUTH_PASS: ${BASIC_AUTH_PASS:?" in compose and '"127.0.0.1:${DECAF_PORT' in compose

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,12 +17,17 @@ from decaf_backend.backend.results import (
     mask_bbox,
     masks_from_brush_items,
     region_id,
+    segmentation_prediction,
     track_boxes,
     track_item,
     visible_frames,
 )
 from decaf_backend.backend.schema import ObjectSpec, parse_schema
-from decaf_backend.types import FrameMasks
+from decaf_backend.confidence import ConfidenceRecorder, summary_score
+from decaf_backend.review import MaskGeometry, frames_to_check
+from decaf_backend.tracking import run_stage_b
+from decaf_backend.types import FrameMasks, VideoInfo, VideoSegmentation
+from tests.fakes import BlankFrames, FakeSam2Predictor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "label_config"
 OBJ = ObjectSpec("Object", "the disc")
@@ -114,3 +121,122 @@ def test_clock_maps_between_video_fps_and_config_framerate() -> None:
     half = VideoClock(fps=12.5, framerate=25.0, num_frames=50)  # 4 s of video shown at 25 fps
     assert half.ls_frames_count == 100 and half.to_ls(10) == 21 and half.from_ls(21) == 10
     assert half.from_ls(1000) == 49 and half.from_ls(-3) == 0
+
+
+# -------------------------------------------------------------------------- what the model thought, per frame
+
+
+class SignallingPredictor(FakeSam2Predictor):
+    """The golden fake SAM2 plus scripted per-frame signals: frame f gets object score `logits[f]` and predicted
+    IoU `ious[f]` (what Sam2VideoPredictor.frame_signals reads from sam2)."""
+
+    def __init__(self, logits: list[float], ious: list[float]) -> None:
+        super().__init__(radius=4)
+        self.logits, self.ious = logits, ious
+
+    def frame_signals(self, state: Any, frame: int) -> dict[int, tuple[float, float]]:
+        return {obj: (self.logits[frame], self.ious[frame]) for obj in state.objects}
+
+
+def _tracked(n: int = 8) -> VideoSegmentation:
+    """A disc tracked by stage B over n frames of a 24x40 video, with confidences from the scripted signals."""
+    ious = [0.9, 0.92, 0.88, 0.3, 0.91, 0.9, 0.6, 0.93][:n]
+    logits = [8.0, 8.0, 8.0, 8.0, 8.0, 0.2, 8.0, 8.0][:n]
+    predictor = SignallingPredictor(logits, ious)
+    prompt = np.zeros((24, 40), bool)
+    prompt[8:16, 4:12] = True
+    recorder = ConfidenceRecorder(predictor, n)
+    masks = run_stage_b(predictor, BlankFrames(n, 24, 40), [0], [prompt], recorder)
+    return VideoSegmentation(
+        prompt="the moving disc",
+        object_name="disc",
+        video=VideoInfo(n, 10.0, 40, 24),
+        key_frame_indices=[0],
+        masks=masks,
+        prompt_frames=[0],
+        scores={"score": 0.7},
+        frame_confidence=recorder.result(),
+    )
+
+
+def test_confidence_follows_the_signals_and_reaches_every_region_and_the_review_text() -> None:
+    seg = _tracked()
+    conf = seg.frame_confidence
+    assert conf is not None and len(conf) == 8 and all(0.0 <= c <= 1.0 for c in conf)
+    assert conf[3] < conf[6] < conf[0] and conf[5] < conf[0]  # low IoU on 3 and 6, doubtful presence on 5
+    assert conf[1] != conf[2]  # different signals, different confidence
+    schema = parse_schema((CONFIGS / "frames_masks.xml").read_text())
+    assert schema.review_name == "review"
+    pred = segmentation_prediction([(OBJ, seg)], schema, "v1")
+    brushes = [r for r in pred["result"] if r["type"] == "brushlabels"]
+    assert [b["score"] for b in brushes] == pytest.approx(conf, abs=1e-4)
+    assert pred["score"] == pytest.approx(summary_score(conf))
+    (review,) = [r for r in pred["result"] if r["type"] == "textarea"]
+    assert (review["from_name"], review["to_name"]) == ("review", "image")
+    text = review["value"]["text"]
+    assert text[0] == "MLLM chose 'disc' for the prompt 'the moving disc'"
+    assert text[1].startswith(f"Confidence {summary_score(conf):.2f} (lowest {conf[3]:.2f} on page 4)")
+    checks = frames_to_check(MaskGeometry.of(seg.masks), conf, limit=5)
+    assert checks[0].frame == 3, "the least confident frame is the first to check"
+    assert text[2] == "Check first: " + "; ".join(
+        f"page {c.frame + 1} ({', '.join(c.reasons)})" for c in checks
+    )
+    meta = brushes[3]["meta"]["text"]
+    assert meta.startswith(f"page 4: confidence {conf[3]:.2f} · check #1: confidence {conf[3]:.2f}")
+    assert "MLLM chose 'disc' for the prompt 'the moving disc'" in meta
+
+
+def test_configs_without_the_review_tag_still_get_scores_and_details() -> None:
+    seg = _tracked()
+    bare = (CONFIGS / "frames_masks.xml").read_text()
+    bare = bare.replace('<TextArea name="review"', '<TextArea name="notes"')  # an ordinary TextArea
+    schema = parse_schema(bare)
+    assert schema.review_name is None and schema.textarea_name is None
+    pred = segmentation_prediction([(OBJ, seg)], schema, "v1")
+    assert all(r["type"] == "brushlabels" for r in pred["result"]) and len(pred["result"]) == 8
+    assert all("score" in r and "disc" in r["meta"]["text"] for r in pred["result"])
+    # without SAM2 signals (a fake pipeline, masks read back from Label Studio): DecAF's own score, no numbers
+    plain = replace(seg, frame_confidence=None)
+    pred = segmentation_prediction([(OBJ, plain)], schema, "v1")
+    assert pred["score"] == pytest.approx(0.7) and not any("score" in r for r in pred["result"])
+
+
+def test_video_track_carries_confidence_per_keyframe_and_the_frames_to_check() -> None:
+    seg = _tracked()
+    schema = parse_schema((CONFIGS / "video_tracks.xml").read_text())
+    assert schema.review_name == "review"
+    pred = segmentation_prediction([(OBJ, seg)], schema, "v1")
+    (track,) = [r for r in pred["result"] if r["type"] == "videorectangle"]
+    keys = {k["frame"]: k for k in track["value"]["sequence"]}
+    for f, c in enumerate(seg.frame_confidence):
+        if f + 1 in keys:
+            assert keys[f + 1]["score"] == pytest.approx(c, abs=1e-4)
+    assert track["score"] == pytest.approx(summary_score(seg.frame_confidence), abs=1e-4)
+    assert "check first: frame 4 (" in track["meta"]["text"]
+    (review,) = [r for r in pred["result"] if r["type"] == "textarea"]
+    assert review["to_name"] == "video" and review["value"]["text"][2].startswith("Check first: frame 4 (")
+
+
+def test_the_most_doubtful_object_sets_the_prediction_score() -> None:
+    seg = _tracked()
+    sure = replace(seg, frame_confidence=[0.95] * 8, object_name="ball")
+    schema = parse_schema((CONFIGS / "frames_masks.xml").read_text())
+    other = ObjectSpec("Other", "the ball")
+    pred = segmentation_prediction([(OBJ, seg), (other, sure)], schema, "v1")
+    assert pred["score"] == pytest.approx(min(summary_score(seg.frame_confidence), 0.95))
+    (review,) = [r for r in pred["result"] if r["type"] == "textarea"]
+    assert review["value"]["text"][0].startswith("Object: MLLM chose 'disc'")
+    assert any(line.startswith("Other: MLLM chose 'ball'") for line in review["value"]["text"])
+    # a correction of one object keeps the other's lines in the review text, not its regions
+    fixed = segmentation_prediction([(other, sure)], schema, "v1", unchanged=[(OBJ, seg)])
+    assert {r["value"]["brushlabels"][0] for r in fixed["result"] if r["type"] == "brushlabels"} == {"Other"}
+    (review,) = [r for r in fixed["result"] if r["type"] == "textarea"]
+    assert any(line.startswith("Object: MLLM chose 'disc'") for line in review["value"]["text"])
+
+
+def test_review_box_is_told_apart_from_the_prompt_box() -> None:
+    schema = parse_schema((CONFIGS / "frames_masks_textarea.xml").read_text())
+    assert (schema.textarea_name, schema.review_name) == ("prompt", "review")
+    marked = """<View><TextArea name="notes" toName="image" review="true"/><Image name="image" valueList="$frames"/>
+    <BrushLabels name="mask" toName="image"><Label value="Object"/></BrushLabels></View>"""
+    assert parse_schema(marked).review_name == "notes"

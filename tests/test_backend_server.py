@@ -24,14 +24,17 @@ from tests.backend_helpers import (
     FakeLabelStudio,
     colour_mask,
     disc_and_square_frames,
+    without_review,
     write_frames,
 )
 from tests.conftest import encode_video
 
 CONFIGS = Path(__file__).resolve().parents[1] / "label_config"
-FRAMES_CONFIG = (CONFIGS / "frames_masks.xml").read_text()
-TEXTAREA_CONFIG = (CONFIGS / "frames_masks_textarea.xml").read_text()
-VIDEO_CONFIG = (CONFIGS / "video_tracks.xml").read_text().replace('framerate="25.0"', 'framerate="10.0"')
+FRAMES_CONFIG = without_review((CONFIGS / "frames_masks.xml").read_text())
+TEXTAREA_CONFIG = without_review((CONFIGS / "frames_masks_textarea.xml").read_text())
+VIDEO_CONFIG = without_review((CONFIGS / "video_tracks.xml").read_text()).replace(
+    'framerate="25.0"', 'framerate="10.0"'
+)
 N, H, W = 6, 48, 64
 
 
@@ -135,7 +138,7 @@ def test_health_setup_and_metrics(media: Any, tmp_path: Path) -> None:
     )
 
 
-def test_batch_predict_keeps_task_order_and_a_failing_task_gets_an_empty_result(
+def test_batch_predict_keeps_task_order_and_a_failing_task_gets_no_prediction(
     media: Any, tmp_path: Path
 ) -> None:
     _, frames = media
@@ -145,7 +148,7 @@ def test_batch_predict_keeps_task_order_and_a_failing_task_gets_an_empty_result(
     reply = _predict(client, [_task(1), broken, _task(3, prompt="the green square"), no_colour])
     assert reply.status_code == 200
     results = reply.get_json()["results"]
-    assert len(results) == 4 and all(r["model_version"] == "decaf-0.1.0" for r in results)
+    assert len(results) == 4 and all(r["model_version"] == "decaf-0.1.0" for r in results[::2])
     for result, colour in ((results[0], "red"), (results[2], "green")):
         items = result["result"]
         assert [i["item_index"] for i in items] == list(range(N)) and result["score"] == pytest.approx(0.9)
@@ -157,11 +160,12 @@ def test_batch_predict_keeps_task_order_and_a_failing_task_gets_an_empty_result(
         np.testing.assert_array_equal(
             masks_from_brush_items(items, N, H, W).to_array(), _expected(frames, colour)
         )
-    assert results[1] == {"result": [], "score": 0.0, "model_version": "decaf-0.1.0"}  # HTTP 404 on one frame
-    assert results[3]["result"] == [] and segmenter.segment_calls == 3  # red, green, and the failed colour
-    assert "decaf_task_failures_total 2" in client.get("/metrics").get_data(as_text=True)
-    again = _predict(client, [_task(1)]).get_json()["results"]  # cached: no new MLLM pass
-    assert again == [results[0]] and segmenter.segment_calls == 3
+    # failed (HTTP 404 on one frame; no colour): nothing for Label Studio to store, so it asks again next time
+    assert results[1] == [] and results[3] == [] and segmenter.segment_calls == 3
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "decaf_task_failures_total 2" in metrics and 'decaf_errors_total{kind="task"} 2' in metrics
+    again = _predict(client, [_task(1), _task(4, prompt="something plain")]).get_json()["results"]
+    assert again == [results[0], []] and segmenter.segment_calls == 4  # red cached; the failed task re-ran
 
 
 def test_task_opened_request_answers_fast_and_posts_the_prediction_later(media: Any, tmp_path: Path) -> None:
@@ -274,7 +278,7 @@ def test_sessions_are_rebuilt_after_restart_from_disk_or_from_the_stored_predict
             masks_from_brush_items(items, N, H, W).to_array(), _expected(frames, "red", "green")
         )
         assert segmenter.segment_calls == 0 and segmenter.refine_calls == 1
-        assert any((base / "model_dir" / "segmentations").rglob("*.seg"))
+        assert any((base / "model_dir" / "answers").rglob("*.json"))  # the prompts behind the answer
     clicks_only, segmenter, _ = _make(
         media, tmp_path / "third", ColourSegmenter()
     )  # never predicted: clicks alone
@@ -339,10 +343,10 @@ def _wait_for_jobs(runtime: Runtime, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stats = runtime.jobs.stats()
-        if stats["queued"] == stats["running"] == 0:
+        if stats["queued"] == stats["running"] == 0 and runtime.outbox.pending() == 0:
             return
         time.sleep(0.05)
-    raise AssertionError(f"jobs still running: {runtime.jobs.stats()}")
+    raise AssertionError(f"jobs still running: {runtime.jobs.stats()}, outbox {runtime.outbox.pending()}")
 
 
 def test_video_annotation_webhook_turns_moved_boxes_into_a_new_prediction(media: Any, tmp_path: Path) -> None:
@@ -448,7 +452,7 @@ def test_garbage_requests_get_clear_errors_and_the_server_keeps_serving(
             {"result": [_click(3, 3, 1)]},
             {"data": {"frames": ["http://127.0.0.1:9/x.png"]}},
             422,
-            "cannot reach",
+            "is not allowed",  # not on Label Studio's origin: refused before any connection
         ),
     ],
 )
@@ -509,10 +513,10 @@ def test_basic_auth_everywhere_but_health_and_webhook_secret(media: Any, tmp_pat
     assert training.status_code == 201 and training.get_json()["status"] == "ignored"
 
 
-def test_textarea_project_without_a_prompt_yet_gets_an_empty_prediction(media: Any, tmp_path: Path) -> None:
+def test_textarea_project_without_a_prompt_yet_gets_no_prediction(media: Any, tmp_path: Path) -> None:
     client, segmenter, _ = _make(media, tmp_path)
     (result,) = _predict(client, [_task(81, prompt=None)], config=TEXTAREA_CONFIG).get_json()["results"]
-    assert result["result"] == [] and segmenter.segment_calls == 0
+    assert result == [] and segmenter.segment_calls == 0
 
 
 def test_frames_in_other_image_formats_are_converted(media: Any, tmp_path: Path) -> None:
@@ -539,7 +543,7 @@ def test_media_downloads_carry_the_token_and_respect_the_size_limit(media: Any, 
     fake, frames = media
     client, _, runtime = _make(media, tmp_path, max_media_mb=0.0001)
     (result,) = _predict(client, [_task(91)]).get_json()["results"]
-    assert result["result"] == []  # every frame PNG is over 100 bytes
+    assert result == []  # every frame PNG is over 100 bytes: failed, no prediction
     with pytest.raises(Exception, match="over the 0 MB limit"):
         runtime.media.download(_frame_urls()[0], 91)
     client, _, runtime = _make(media, tmp_path / "ok")
@@ -549,3 +553,104 @@ def test_media_downloads_carry_the_token_and_respect_the_size_limit(media: Any, 
     no_token = Runtime(Settings(label_studio_url=fake.url, model_dir=tmp_path / "nt"))
     with pytest.raises(Exception, match="LABEL_STUDIO_API_KEY"):
         no_token.media.download(_frame_urls()[0], 91)
+
+
+def test_setup_never_replaces_the_configured_label_studio_host_or_token(media: Any, tmp_path: Path) -> None:
+    """An unauthenticated (or any) /setup names another host and token: downloads and posts keep going to the
+    configured Label Studio with the configured key, and the key never goes to a host /setup named."""
+    fake, _ = media
+    other = FakeLabelStudio(tmp_path / "elsewhere", token="their-token")
+    try:
+        client, _, runtime = _make(media, tmp_path)
+        setup = {
+            "project": "1.17",
+            "schema": FRAMES_CONFIG,
+            "hostname": other.url,
+            "access_token": "their-token",
+        }
+        assert client.post("/setup", json=setup).status_code == 200
+        assert runtime.credentials(1) == (fake.url, fake.token)
+        assert _predict(client, [_task(101)]).get_json()["results"][0]["result"]
+        assert other.requests == []
+        # only the key configured: a /setup host must not receive it, so Label Studio is unreachable
+        key_only = Runtime(Settings(label_studio_api_key=fake.token, model_dir=tmp_path / "k", preload=False))
+        key_only_client = create_app(key_only).test_client()
+        assert key_only_client.post("/setup", json=setup).status_code == 200
+        assert key_only.credentials(1) is None
+        # only the URL configured: /setup's token may be used, with the configured host
+        url_only = Runtime(Settings(label_studio_url=fake.url, model_dir=tmp_path / "u", preload=False))
+        create_app(url_only).test_client().post("/setup", json=setup)
+        assert url_only.credentials(1) == (fake.url, "their-token")
+        # nothing configured: /setup is the only source (Label Studio 1.x style)
+        bare = Runtime(Settings(model_dir=tmp_path / "n", preload=False))
+        create_app(bare).test_client().post("/setup", json=setup)
+        assert bare.credentials(1) == (other.url, "their-token")
+    finally:
+        other.close()
+
+
+def test_secrets_never_appear_in_logs_replies_or_metrics(
+    media: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, _ = media
+    secrets = {
+        "key": "LSKEY0c0ffee0c0ffee",
+        "password": "PASS0badc0de0badc0de",
+        "hook": "HOOK0feedface0feed",
+        "setup": "SETUPTOKEN0deadbeef",
+        "query": "QSIG0abad1dea",
+    }
+    settings = Settings(
+        label_studio_url=fake.url,
+        label_studio_api_key=secrets["key"],  # wrong for the fake: every download is a 401
+        basic_auth_user="u1",
+        basic_auth_pass=secrets["password"],
+        webhook_secret=secrets["hook"],
+        model_dir=tmp_path / "model_dir",
+        preload=False,
+        open_wait_s=20.0,
+        batch_wait_s=20.0,
+    )
+    runtime = Runtime(settings, pipeline_factory=lambda s: ColourSegmenter())
+    client = create_app(runtime).test_client()
+    auth = {"Authorization": "Basic " + base64.b64encode(f"u1:{secrets['password']}".encode()).decode()}
+    wrong = {"Authorization": "Basic " + base64.b64encode(f"u1:{secrets['password']}x".encode()).decode()}
+    replies = []
+    with caplog.at_level("DEBUG"):
+        replies.append(client.post("/setup", json={"schema": FRAMES_CONFIG}, headers=wrong))
+        setup = {
+            "project": "1.1",
+            "schema": FRAMES_CONFIG,
+            "hostname": fake.url,
+            "access_token": secrets["setup"],
+        }
+        replies.append(client.post("/setup", json=setup, headers=auth))
+        tasks = [
+            _task(111),  # 401 from Label Studio with our (wrong) key
+            _task(112, frames=[f"http://u1:{secrets['password']}@127.0.0.1:9/f.png"]),
+            _task(
+                113,
+                frames=[
+                    f"{fake.url}/plain/x.png?token={secrets['query']}&X-Amz-Signature={secrets['query']}"
+                ],
+            ),
+        ]
+        replies.append(_predict(client, tasks, headers=auth))
+        context = {"result": [_click(3, 3, 1)]}
+        replies.append(_predict(client, tasks[:1], context=context, headers=auth))
+        replies.append(_predict(client, tasks[2:], context=context, headers=auth))
+        replies.append(
+            client.post("/webhook", json={"action": "X"}, headers={"X-Webhook-Secret": secrets["hook"] + "x"})
+        )
+        replies.append(client.get("/metrics", headers=auth))
+        replies.append(client.get("/health"))
+    assert [r.status_code for r in replies] == [401, 200, 200, 422, 422, 401, 200, 200]
+    assert "HTTP 401 (check LABEL_STUDIO_API_KEY)" in replies[3].get_json()["error"]
+    answers = "".join(r.get_data(as_text=True) for r in replies)
+    text = caplog.text + repr(settings) + answers
+    assert "decaf_task_failures_total 3" in text  # the failures happened and were reported
+    assert [name for name, value in secrets.items() if value in text and name != "query"] == []
+    # a signed URL's signature (task data, not our secret) stays out of our own messages; urllib3's DEBUG
+    # log of the request line is the one place it shows
+    ours = answers + "".join(r.getMessage() for r in caplog.records if r.name.startswith("decaf_backend"))
+    assert "X-Amz-Signature=***" in ours and secrets["query"] not in ours

@@ -1,12 +1,14 @@
-"""The byte-bounded LRU of live segmentations and the disk store that outlives it."""
+"""The starting segmentations in memory and on disk (byte-bounded, LRU) and what the caches weigh."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from decaf_backend.backend.session_cache import SessionCache, estimate_bytes
+from decaf_backend.backend.segmentations import Segmentations
+from decaf_backend.backend.session_cache import estimate_bytes
 from decaf_backend.backend.store import SegmentationStore
 from decaf_backend.types import FrameMasks, VideoInfo, VideoSegmentation
 
@@ -32,26 +34,36 @@ def test_estimate_counts_the_live_session_per_frame() -> None:
     assert estimate_bytes(bare, 1000) == bare.masks.nbytes > 0  # the compressed bytes actually held
 
 
-def test_lru_evicts_least_recently_used_within_the_byte_budget() -> None:
-    cache = SessionCache(max_bytes=2500, sizeof=lambda seg: 1000)
+def test_segmentations_keep_masks_only_and_wake_waiters(tmp_path: Path) -> None:
+    segs = Segmentations(SegmentationStore(tmp_path), max_bytes=10**6)
+    key = (1, 7, "media", "Object", "the cat")
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(segs.wait_for(key, 30)))
+    waiter.start()
+    kept = segs.keep(key, _seg(session=object()))
+    waiter.join(30)
+    assert kept.session is None and got and got[0] is not None and got[0].session is None
+    assert segs.wait_for(("other",), 0) is None
+    fresh = Segmentations(SegmentationStore(tmp_path), max_bytes=10**6)  # a restart: read back from disk
+    np.testing.assert_array_equal(fresh.known(key).masks.to_array(), kept.masks.to_array())
+
+
+def test_store_evicts_least_recently_used_files_beyond_its_byte_budget(tmp_path: Path) -> None:
+    probe = SegmentationStore(tmp_path / "probe")
+    probe.save(("p",), _seg())
+    size = probe.bytes
+    store = SegmentationStore(tmp_path / "store", max_bytes=int(2.5 * size))
     for key in "abc":
-        cache.put(key, _seg())
-    assert "a" not in cache and "b" in cache and "c" in cache  # 3000 > 2500: the oldest went
-    assert cache.get("b") is not None  # b is now the most recent
-    cache.put("d", _seg())
-    assert "c" not in cache and {k for k in "bd" if k in cache} == {"b", "d"}
-    assert (cache.stats.evictions, cache.stats.entries, cache.stats.bytes) == (2, 2, 2000)
-    assert cache.get("a") is None and cache.stats.misses == 1
-    cache.put("b", _seg())  # replacing does not double count
-    assert cache.stats.bytes == 2000
-    assert cache.pop("b") is not None and cache.stats.bytes == 1000
-
-
-def test_an_entry_over_budget_keeps_its_masks_but_drops_its_session() -> None:
-    cache = SessionCache(max_bytes=500, sizeof=lambda seg: 100 + (1000 if seg.session is not None else 0))
-    cache.put("big", _seg(session=object()))
-    kept = cache.get("big")
-    assert kept is not None and kept.session is None and cache.stats.bytes == 100
+        store.save((key,), _seg())
+    assert store.load(("a",)) is None and store.evictions == 1  # 3 files > 2.5: the oldest went
+    assert store.load(("b",)) is not None  # b is now the most recent
+    store.save(("d",), _seg())
+    assert store.load(("c",)) is None and store.load(("b",)) is not None and store.load(("d",)) is not None
+    assert store.bytes <= int(2.5 * size) and len(list((tmp_path / "store").rglob("*.seg"))) == 2
+    # after a restart the order comes from the files' times: b, d were used last
+    again = SegmentationStore(tmp_path / "store", max_bytes=int(2.5 * size))
+    again.save(("e",), _seg())
+    assert sum(again.load((k,)) is not None for k in "bde") == 2 and again.load(("e",)) is not None
 
 
 def test_store_round_trips_masks_and_metadata_without_the_session(tmp_path: Path) -> None:

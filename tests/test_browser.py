@@ -288,14 +288,51 @@ def _check_click_request(call: Any, index: int, x: float, y: float, positive: bo
 
 
 def _check_suggestion(call: Any, version: str) -> dict[int, np.ndarray]:
+    """The correction reply: a mask for every frame, each with its frame's confidence, and the review text."""
     data = call.response["data"]
     assert data["model_version"] == version, data.get("model_version")
-    items = data["result"]
+    items = [i for i in data["result"] if i["type"] != "textarea"]
     assert sorted(i["item_index"] for i in items) == list(range(N)), "the correction must cover every frame"
     for item in items:
         assert (item["type"], item["from_name"], item["to_name"]) == ("brushlabels", "mask", "image")
         assert (item["original_width"], item["original_height"], item["image_rotation"]) == (W, H, 0)
+        assert 0.0 <= item["score"] <= 1.0, "every re-propagated mask carries its frame's confidence"
+    (review,) = [i for i in data["result"] if i["type"] == "textarea"]
+    assert review["from_name"] == "review" and review["value"]["text"][-1].startswith("Check first:")
     return _masks_by_frame(items, "mask")
+
+
+def _review_lines(result: list[dict]) -> list[str]:
+    (review,) = [r for r in result if r["type"] == "textarea" and r["from_name"] == "review"]
+    return list(review["value"]["text"])
+
+
+def _check_review_shown(ui: LabelingSession, result: list[dict]) -> None:
+    """What the model thought is on screen: the review text above the frame (chosen object, prompt, confidence,
+    frames to check), each mask's confidence in the Regions list, and a mask's details once selected."""
+    lines = _review_lines(result)
+    assert lines[0].startswith("MLLM chose '") and f"for the prompt '{PROMPT}'" in lines[0], lines
+    assert lines[1].startswith("Confidence ") and lines[-1].startswith("Check first: page "), lines
+    shown = ui.view_text()
+    for line in lines:
+        assert line in shown, f"the review line {line!r} is not in the labeling view"
+    assert ui.text_top(lines[0]) < ui.image_top(), "the review text sits above the frame"
+    brushes = [r for r in result if r["type"] == "brushlabels"]
+    rows = ui.region_rows()
+    assert len(rows) == len(brushes) == N, rows
+    assert sorted(r.split()[-1] for r in rows) == sorted(f"{b['score']:.2f}" for b in brushes), (
+        "every mask's confidence shows next to it in the Regions list"
+    )
+    ui.select_region(0)
+    shown = ui.view_text()
+    row_score = rows[0].split()[-1]
+    details = [b["meta"]["text"] for b in brushes if f"{b['score']:.2f}" == row_score]
+    assert any(all(line in shown for line in text.split("\n")) for text in details), (
+        f"the selected mask's details ({details}) are not shown"
+    )
+    ui.shot("review-region-details")
+    ui.page.keyboard.press("Escape")  # unselect: a selected region takes the next clicks
+    ui.settle(0.5)
 
 
 def test_frame_sequence_masks_and_smart_clicks(
@@ -319,6 +356,7 @@ def test_frame_sequence_masks_and_smart_clicks(
         ui.open_task(project, task_id)
         ui.shot("opened")
         _check_prediction_tab(ui, prediction)
+        _check_review_shown(ui, prediction["result"])
         _check_pages(ui, frames, predicted, mask_colour, "prediction")
 
         # corrections on the middle frame: hide the masks (a click on a mask selects it), pick the smart keypoint
@@ -348,6 +386,8 @@ def test_frame_sequence_masks_and_smart_clicks(
         assert ui.suggestion_count() == 0
         ui.set_regions_hidden(False)
         ui.shot("accepted")
+        shown = ui.view_text()
+        assert all(line in shown for line in _review_lines(second.result)), "the review text follows the fix"
         _check_pages(ui, frames, corrected, mask_colour, "accepted")
         ui.submit()
         ui.shot("submitted")
@@ -363,6 +403,49 @@ def test_frame_sequence_masks_and_smart_clicks(
     assert (saved[middle] != predicted[middle]).any(), (
         "the clicked frame's mask must differ from the prediction"
     )
+
+
+def test_auto_accept_puts_a_clicks_masks_on_their_own_pages(
+    label_studio: LabelStudioServer, decaf_backend_url: str, chromium: str, disc_video: Path
+) -> None:
+    """With "Auto-Accept Suggestions" on, a click's re-propagated masks become regions at once: no pending
+    suggestion drawn on every page, each page shows its own mask, and there is still one mask per frame."""
+    ls = label_studio
+    shots = screenshot_dir("auto_accept")
+    project, config, version = _project(ls, "frames_masks.xml", decaf_backend_url)
+    task_id, prediction = _prelabeled_task(ls, project, disc_video, "--format", "png")
+    frames = _download_frames(ls, ls.api("GET", f"/api/tasks/{task_id}")["data"]["frames"])
+    mask_colour = _label_colour(config, "mask", "Object")
+    middle = N // 2
+
+    with chromium_context(chromium) as context:
+        ui = LabelingSession(context.pages[0], ls.url, shots)
+        ui.login(ls.username, ls.password)
+        ui.open_task(project, task_id)
+        ui.go_to_page(middle)
+        ui.set_regions_hidden(True)
+        ui.enable_auto_annotation()
+        ui.enable_auto_accept()
+        ui.pick_smart_keypoint()
+        x, y = _red_centre(frames[middle])
+        call = ui.smart_click(100 * x / W, 100 * y / H, "Object", group=label_group_index(config, "click"))
+        ui.shot("clicked-auto-accepted")
+        _check_click_request(call, middle, x, y, positive=True)
+        fixed = _check_suggestion(call, version)
+        assert ui.suggestion_count() == 0, "auto-accept leaves no pending suggestion"
+        ui.set_regions_hidden(False)
+        rows = ui.region_rows()
+        assert len(rows) == N, f"one region per frame after the auto-accepted fix, not {rows}"
+        shown = ui.view_text()
+        assert all(line in shown for line in _review_lines(call.result)), "the review text follows the fix"
+        _check_pages(ui, frames, fixed, mask_colour, "auto-accepted", pages=[0, middle, N - 1])
+        ui.submit()
+
+    (annotation,) = ls.api("GET", f"/api/tasks/{task_id}/annotations")
+    saved = _masks_by_frame(annotation["result"], "mask")  # fails on two masks for one frame
+    assert sorted(saved) == list(range(N))
+    for k in range(N):
+        np.testing.assert_array_equal(saved[k], fixed[k], err_msg=f"frame {k}: saved != auto-accepted reply")
 
 
 def test_video_track_is_drawn_in_the_player(

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
 
-from decaf_backend.eval.datasets import DatasetError, load_dataset, reformat_reasonvos_video
+from decaf_backend.eval.checks import check_dataset
+from decaf_backend.eval.datasets import DatasetError, DatasetProblems, load_dataset, reformat_reasonvos_video
 
-from .synthetic_rvos import H, W, build_davis, build_mevis, build_reasonvos, build_revos, build_ytvos
+from .synthetic_rvos import (
+    BUILDERS,
+    H,
+    W,
+    build_davis,
+    build_mevis,
+    build_reasonvos,
+    build_revos,
+    build_ytvos,
+)
 
 
 def gt_stack(dataset, expr) -> np.ndarray:
@@ -107,3 +118,111 @@ def test_errors_name_the_problem(tmp_path):
         "frames": ["a"], "expressions": {"0": {"exp": "x", "anno_id": [1], "type_id": 0}}}}}))  # fmt: skip
     with pytest.raises(DatasetError, match="unsafe"):
         load_dataset("revos", tmp_path).expressions()
+
+
+# ------------------------------------------------------------------------------- up-front dataset check
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_sound_datasets_pass_the_check(name, tmp_path):
+    build, split = BUILDERS[name]
+    truth = build(tmp_path)
+    check = check_dataset(load_dataset(name, tmp_path, split))
+    assert check.problems == [] and sorted(e.key for e in check.expressions) == sorted(truth)
+
+
+def edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_check_reports_each_broken_entry_of_ytvos_and_davis(tmp_path):
+    build_ytvos(tmp_path / "yt")
+    meta = tmp_path / "yt" / "meta_expressions" / "train" / "meta_expressions.json"
+    edit_json(meta, lambda d: d["videos"]["vid_a"]["expressions"]["1"].pop("obj_id"))
+    edit_json(meta, lambda d: d["videos"]["vid_a"]["expressions"].update({"2": {"obj_id": "1"}, "3": "text"}))
+    problems = check_dataset(load_dataset("ytvos", tmp_path / "yt", "train")).problems
+    assert problems == [
+        f"{meta}: video 'vid_a' expression '2': no expression text ('exp')",
+        f"{meta}: video 'vid_a' expression '3': is a str, expected an object",
+        f"{meta}: video 'vid_a' expression '1': obj_id [] is not a palette index",
+    ]
+
+    build_davis(tmp_path / "davis")
+    pkl = tmp_path / "davis" / "valid" / "mask_dict.pkl"
+    mask_dict = pickle.loads(pkl.read_bytes())
+    del mask_dict["5"]  # counter 5 = bike's 6th exp_id in lexicographic order: "3"
+    mask_dict["0"] = mask_dict["0"][:-1]
+    pkl.write_bytes(pickle.dumps(mask_dict))
+    problems = check_dataset(load_dataset("davis17", tmp_path / "davis")).problems
+    assert problems == [
+        f"{pkl}: anno_id 0: 3 masks, but video 'bike' lists 4 frames",
+        f"{pkl}: anno_id 5: missing (needed by video 'bike' expression '3')",
+    ]
+    import shutil
+
+    shutil.rmtree(tmp_path / "davis" / "train" / "Annotations" / "cars")
+    problems = check_dataset(load_dataset("davis17", tmp_path / "davis", "train")).problems
+    cars = tmp_path / "davis" / "train" / "Annotations" / "cars"
+    assert problems == [f"{cars}: annotation folder missing (first needed by video 'cars' expression '0')"]
+
+
+def test_check_reports_bad_revos_and_mevis_entries(tmp_path):
+    build_revos(tmp_path / "revos")
+    meta = tmp_path / "revos" / "meta_expressions_valid_.json"
+
+    def break_meta(d):
+        video = d["videos"]["UVO/all/-x_Y1"]
+        video["expressions"]["1"]["type_id"] = "reasoning"
+        video["expressions"]["2"]["anno_id"] = [{"id": 3}]
+        d["videos"]["other"] = {"frames": "img_0000", "expressions": {}}
+        d["videos"]["../up"] = {"frames": ["a"], "expressions": {}}
+
+    edit_json(meta, break_meta)
+    problems = check_dataset(load_dataset("revos", tmp_path / "revos")).problems
+    assert problems == [
+        f"{meta}: video 'UVO/all/-x_Y1' expression '1': type_id 'reasoning' is not 0 (referring), 1 (reasoning) or 2",
+        f"{meta}: video 'UVO/all/-x_Y1' expression '2': anno_id [{{'id': 3}}] is not an id or a list of ids",
+        f"{meta}: video 'other': 'frames' must be a non-empty list of frame names",
+        f"{meta}: video '../up': unsafe video or expression id '../up'",
+    ]
+    with pytest.raises(DatasetProblems, match="4 problem"):
+        load_dataset("revos", tmp_path / "revos").expressions()
+
+    build_mevis(tmp_path / "mevis")
+    mask_file = tmp_path / "mevis" / "valid_u" / "mask_dict.json"
+    edit_json(mask_file, lambda d: d["10"].__setitem__(0, {"size": [12, 32], "counts": "0"}))
+    edit_json(mask_file, lambda d: d["11"].__setitem__(1, {"size": [24, 32], "counts": "0"}))
+    problems = check_dataset(load_dataset("mevis", tmp_path / "mevis")).problems
+    assert problems == [
+        f"{mask_file}: anno_id 10 frame '00000': RLE size [12, 32] differs from the frame size [24, 32]",
+        f"{mask_file}: anno_id 11 frame '00001': RLE runs cover 0 pixels, not 24x32",
+    ]
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_check_reports_bad_reasonvos_entries(tmp_path, v2):
+    build_reasonvos(tmp_path, v2=v2)
+    if v2:
+        pkl = tmp_path / "mask_dict_v2.pkl"
+        mask_dict = pickle.loads(pkl.read_bytes())
+        del mask_dict["MeViS_dog_park_01_2"]
+        pkl.write_bytes(pickle.dumps(mask_dict))
+        expected = [
+            f"{pkl}: anno_id MeViS_dog_park_01_2: missing (needed by video 'dog_park_01' expression '0')"
+        ]
+    else:
+        meta = tmp_path / "meta_expressions.json"
+        edit_json(meta, lambda d: d["videos"]["dog_park_01"]["expressions"][1].pop("exp_text"))
+        (tmp_path / "Annotations" / "MeViS_dog_park_01_2" / "00000.png").unlink()
+        (tmp_path / "Annotations" / "MeViS_dog_park_01_2" / "00001.png").unlink()
+        import shutil
+
+        shutil.rmtree(tmp_path / "Annotations" / "MeViS_dog_park_01_1")
+        ann = tmp_path / "Annotations" / "MeViS_dog_park_01_1"
+        expected = [
+            f"{meta}: video 'dog_park_01' expression #1: needs 'exp_id', 'obj_id' and 'exp_text'",
+            f"{ann}: annotation folder missing (first needed by video 'dog_park_01' expression '1')",
+        ]  # a missing PNG in an existing folder is an unannotated frame, as in VideoLISA's evaluator
+    assert check_dataset(load_dataset("reasonvos", tmp_path)).problems == expected

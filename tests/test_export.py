@@ -174,3 +174,89 @@ def test_cli_export_and_import(objects, tmp_path, capsys):
     assert_same(ls_task_to_masks({"id": 11, "data": {}, "predictions": [pred]}), objects)
     assert "written to" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")]) == 2
+
+
+# ------------------------------------------------------------------ bad input (2) and partial failures (1)
+
+
+def refused(capsys) -> str:
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and "Traceback" not in captured.err, captured.err
+    return captured.err
+
+
+def test_corrupt_rle_in_an_export_is_bad_input(objects, tmp_path, capsys):
+    good, bad = ls_task(objects, 11, "clip_a"), ls_task(objects, 12, "clip_b")
+    bad["predictions"][0]["result"][2]["value"]["rle"] = [1, 2, 3]
+    region = bad["predictions"][0]["result"][2]["id"]
+    header = ls_task(objects, 13, "clip_c")
+    header["predictions"][0]["result"][0]["value"]["rle"][:4] = [255, 255, 255, 255]  # 4 G values claimed
+    no_size = ls_task(objects, 14, "clip_d")
+    del no_size["predictions"][0]["result"][1]["original_width"]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([good, bad, header, no_size]))
+    assert main(["export", str(export), "--to", "png", "--out", str(tmp_path / "png")]) == 2
+    err = refused(capsys)
+    assert "3 problem(s) in the Label Studio export" in err
+    assert f"{export}: task 12: result '{region}': corrupt value.rle" in err
+    assert f"{export}: task 13: result '0_0': corrupt value.rle" in err
+    assert f"{export}: task 14: result '0_1': original_height/original_width 24/None are not sizes" in err
+    assert not (tmp_path / "png").exists()  # nothing written from a bad export
+
+    export.write_text("[{")
+    assert main(["export", str(export), "--to", "coco", "--out", str(tmp_path / "m.json")]) == 2
+    assert f"cannot read Label Studio export {export}" in refused(capsys)
+
+
+def test_export_that_cannot_write_a_video_exits_1(objects, tmp_path, capsys):
+    many = {f"object {k}": objects["corner"] for k in range(256)}  # more than an 8-bit palette holds
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([ls_task(objects, 1, "clip_a"), ls_task(many, 2, "clip_b")]))
+    assert main(["export", str(export), "--to", "png", "--out", str(tmp_path / "png")]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"1 video(s), 3 object(s) written to {tmp_path / 'png'}"
+    assert lines[1] == "1 failed:" and lines[2].startswith("  clip_b: 256 objects do not fit")
+    assert "--to coco" in lines[2] and not (tmp_path / "png" / "clip_b").exists()
+    assert list(json.loads((tmp_path / "png" / "objects.json").read_text())) == ["clip_a"]
+    assert main(["export", str(export), "--to", "coco", "--out", str(tmp_path / "m.json")]) == 0
+
+
+def test_import_bad_masks_is_bad_input_and_unmatched_videos_exit_1(objects, tmp_path, capsys):
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([ls_task(objects, 11, "clip_a"), ls_task(objects, 12, "clip_b")]))
+    assert main(["export", str(export), "--to", "coco", "--out", str(tmp_path / "m.json")]) == 0
+    data = json.loads((tmp_path / "m.json").read_text())
+    data["videos"][1]["objects"][2]["masks"][3]["counts"] = "zzzz"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    assert main(["import", str(tmp_path / "bad.json"), "--out", str(tmp_path / "t.json")]) == 2
+    err = refused(capsys)
+    assert (
+        f"{tmp_path / 'bad.json'}: video 'clip_b': object 'corner' frame '00003': RLE counts are corrupt"
+        in err
+    )
+    assert not (tmp_path / "t.json").exists()
+
+    (tmp_path / "png" / "clip_a").mkdir(parents=True)
+    (tmp_path / "png" / "clip_a" / "00000.png").write_bytes(b"not a png")
+    assert main(["import", str(tmp_path / "png"), "--out", str(tmp_path / "t.json")]) == 2
+    assert f"{tmp_path / 'png' / 'clip_a' / '00000.png'}: not a readable palette or grayscale PNG" in refused(
+        capsys
+    )
+
+    # masks of two videos, but the project holds a task for only one of them
+    capsys.readouterr()
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(
+        json.dumps([{"id": 5, "data": {"frames": [f"/x/clip_a/{i:05d}.jpg" for i in range(N)]}}])
+    )
+    untied = json.loads((tmp_path / "m.json").read_text())
+    for video in untied["videos"]:
+        video["task_id"] = None  # matched by frame folder only
+    (tmp_path / "untied.json").write_text(json.dumps(untied))
+    args = ["import", str(tmp_path / "untied.json"), "--out", str(tmp_path / "p.json"), "--tasks", str(tasks)]
+    assert main(args) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2:] == ["1 failed:", f"  clip_b: no task in {tasks} has this id or frame folder"]
+    (pred,) = json.loads((tmp_path / "p.json").read_text())
+    assert pred["task"] == 5
+    assert_same(ls_task_to_masks({"id": 5, "data": {}, "predictions": [pred]}), objects)

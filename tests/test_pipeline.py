@@ -69,34 +69,47 @@ def test_clicks_on_a_middle_frame_refine_all_frames_without_the_mllm(pipeline, s
     )
     neg = Click(middle, float(xs[len(xs) // 2]) + 0.5, float(ys[len(ys) // 2]) + 0.5, positive=False)
     pos = Click(middle, info.width * 0.1, info.height * 0.1, positive=True)
-    refined = pipeline.refine(segmentation, [pos, neg])
+    live = replace(segmentation, session=pipeline.start_session(segmentation))
+    refined = pipeline.refine(live, [pos, neg])
 
     assert pipeline.mllm.calls == calls_before
     assert len(refined.masks) == info.num_frames
     assert not np.array_equal(refined.masks[middle], before)
-    assert refined.session is segmentation.session and refined.session.clicks == [pos, neg]
+    assert refined.session.prompts == [pos, neg]
     assert "refine" in refined.timings
 
     # resending the same clicks (as Label Studio does) adds nothing and changes nothing
     again = pipeline.refine(refined, [pos, neg])
-    assert again.session.clicks == [pos, neg]
+    assert again.session.prompts == [pos, neg]
     assert all(np.array_equal(a, b) for a, b in zip(again.masks, refined.masks))
 
 
-def test_a_rebuilt_session_replays_the_clicks(pipeline, segmentation, synthetic_video):
-    info = segmentation.video
-    middle = info.num_frames // 2
-    clicks = [Click(middle, info.width * 0.5, info.height * 0.5), Click(middle, 3.0, 3.0, positive=False)]
-    box = Box(middle + 2, 10, 10, info.width / 2, info.height / 2)
-    live = pipeline.refine(
-        replace(segmentation, session=pipeline.rebuild_session(segmentation, synthetic_video)), clicks
-    )
-    live = pipeline.refine(live, boxes=[box])
+def _same(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
 
-    cold = replace(segmentation, session=None)
-    rebuilt = pipeline.refine(cold, clicks, video=synthetic_video)
-    rebuilt = pipeline.refine(rebuilt, boxes=[box])
-    assert all(np.array_equal(a, b) for a, b in zip(live.masks, rebuilt.masks))
+
+def test_a_rebuilt_session_gives_what_the_live_one_gives(pipeline, synthetic_video):
+    """The live session segment() made and one rebuilt from the stored segmentation (no session, as after a
+    restart) answer the same prompts with the same masks; so do one-at-a-time and all-at-once prompts."""
+    seg = pipeline.segment(synthetic_video, "the red ball rolling to the right")  # its own live session
+    info = seg.video
+    middle = info.num_frames // 2
+    prompts = [
+        Click(middle, info.width * 0.5, info.height * 0.5),
+        Click(middle, 3.0, 3.0, positive=False),
+        Box(middle + 2, 10, 10, info.width / 2, info.height / 2),
+    ]
+    live = seg
+    for k in range(1, len(prompts) + 1):  # incremental: each request carries one more prompt
+        live = pipeline.correct(live, prompts[:k])
+    assert live.session is seg.session and live.session.prompts == prompts
+    rebuilt = pipeline.correct(replace(seg, session=None), prompts, video=synthetic_video)
+    assert rebuilt.session is not seg.session and _same(live, rebuilt)
+    # undo: a request without the last prompt answers from the starting state, not from the live one
+    undone = pipeline.correct(live, prompts[:2], video=synthetic_video)
+    fresh = pipeline.correct(replace(seg, session=None), prompts[:2], video=synthetic_video)
+    assert undone.session is not live.session and _same(undone, fresh)
+    assert pipeline.correct(live, []).masks is seg.masks  # no prompt: the starting masks
 
 
 def test_bad_prompts_and_clicks_are_refused(pipeline, segmentation, synthetic_video):
@@ -109,3 +122,49 @@ def test_bad_prompts_and_clicks_are_refused(pipeline, segmentation, synthetic_vi
         pipeline.refine(segmentation, [Click(info.num_frames, 1, 1)])
     with pytest.raises(PromptOutOfRangeError, match="no area"):
         pipeline.refine(segmentation, boxes=[Box(0, 10, 10, 5, 20)])
+
+
+def _fake_session(predictor=None):
+    from decaf_backend.pipeline import CorrectionSession
+    from tests.fakes import BlankFrames, FakeSam2Predictor
+
+    frames = BlankFrames(7, 24, 32)
+    start = np.zeros((24, 32), bool)
+    start[8:14, 4:10] = True
+    return CorrectionSession(predictor or FakeSam2Predictor(radius=3.0), frames, {2: start})
+
+
+def test_one_prompt_more_continues_the_state_and_equals_all_at_once_with_the_fake_predictor():
+    prompts = [Click(2, 20.0, 10.0), Click(4, 6.0, 11.0, positive=False), Box(5, 2, 2, 12, 12)]
+    live = _fake_session()
+    for k in range(1, 4):
+        masks = live.extend(prompts[k - 1 : k])
+        fresh = _fake_session()
+        np.testing.assert_array_equal(masks.to_array(), fresh.extend(prompts[:k]).to_array())
+    assert live.prompts == prompts
+    other = _fake_session().extend([prompts[1]])  # another sequence: not the same masks
+    assert not np.array_equal(other.to_array(), live.masks.to_array())
+
+
+def test_a_prompt_that_failed_to_propagate_is_not_recorded():
+    from tests.fakes import FakeSam2Predictor
+
+    class Flaky(FakeSam2Predictor):
+        fail = False
+
+        def propagate_in_video(self, *args, **kwargs):
+            if self.fail:
+                raise RuntimeError("device lost")
+            yield from super().propagate_in_video(*args, **kwargs)
+
+    predictor = Flaky(radius=3.0)
+    session = _fake_session(predictor)
+    session.extend([Click(2, 20.0, 10.0)])
+    predictor.fail = True
+    with pytest.raises(RuntimeError, match="device lost"):
+        session.extend([Click(3, 5.0, 5.0)])
+    assert session.prompts == []  # nothing recorded as applied; the state starts over
+    predictor.fail = False
+    again = session.extend([Click(2, 20.0, 10.0), Click(3, 5.0, 5.0)])
+    fresh = _fake_session().extend([Click(2, 20.0, 10.0), Click(3, 5.0, 5.0)])
+    np.testing.assert_array_equal(again.to_array(), fresh.to_array())

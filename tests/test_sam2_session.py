@@ -1,4 +1,4 @@
-"""sam2_session.py on a tiny random-weight SAM2: loading, lazy frames, prompts, propagation, corrections.
+"""decaf_backend.sam2 on a tiny random-weight SAM2: loading, lazy frames, prompts, propagation, corrections.
 
 The tiny model's masks mean nothing; these tests check the plumbing (what SAM2 is given and what comes back).
 """
@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from decaf_backend.devices import pick_device
 from decaf_backend.errors import (
     DecafError,
     ModelNotFoundError,
@@ -22,17 +23,10 @@ from decaf_backend.errors import (
     PromptOutOfRangeError,
     VideoError,
 )
-from decaf_backend.sam2_session import (
-    HUB_MODELS,
-    TINY_CHECKPOINT,
-    Sam2Frames,
-    Sam2VideoPredictor,
-    autocast_dtype,
-    build_tiny_sam2,
-    load_sam2_predictor,
-    pick_device,
-    propagate_all,
-)
+from decaf_backend.sam2.frames import Sam2Frames
+from decaf_backend.sam2.loading import HUB_MODELS, autocast_dtype, load_sam2_predictor
+from decaf_backend.sam2.predictor import Sam2VideoPredictor, propagate_all
+from decaf_backend.sam2.tiny import TINY_CHECKPOINT, build_tiny_sam2
 from decaf_backend.video import open_video
 
 NUM_FRAMES, HEIGHT, WIDTH = 6, 60, 84
@@ -394,8 +388,8 @@ def test_drives_the_tracking_stage_b(predictor, video):
 
 
 def test_stage_a_encodes_each_key_frame_once_and_matches_the_one_frame_cache(predictor, monkeypatch) -> None:
-    from decaf_backend import sam2_session
     from decaf_backend.points import FramePoints
+    from decaf_backend.sam2 import predictor as sam2_predictor
     from decaf_backend.tracking import run_stage_a
 
     key_frames = list(moving_square(6, HEIGHT, WIDTH))
@@ -412,7 +406,9 @@ def test_stage_a_encodes_each_key_frame_once_and_matches_the_one_frame_cache(pre
     assert len(encoded) == len(key_frames)
 
     encoded.clear()
-    monkeypatch.setattr(sam2_session, "FEATURE_CACHE_FRAMES", 0)  # sam2's own behaviour: the last frame only
+    monkeypatch.setattr(
+        sam2_predictor, "FEATURE_CACHE_FRAMES", 0
+    )  # sam2's own behaviour: the last frame only
     uncached = run_stage_a(predictor, key_frames, points)
     assert len(encoded) > 3 * len(key_frames)
     assert cached.tracklets and [t.score for t in cached.tracklets] == [t.score for t in uncached.tracklets]

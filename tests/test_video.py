@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from decaf_backend.errors import VideoError
+from decaf_backend.overlay import write_video
 from decaf_backend.video import (
     FrameFolderReader,
     PyAVVideoReader,
@@ -19,7 +20,6 @@ from decaf_backend.video import (
     key_frame_indices,
     open_video,
     probe,
-    write_video,
 )
 
 NUM_FRAMES, HEIGHT, WIDTH, FPS = 23, 72, 116, 12  # odd count, non-square
@@ -164,7 +164,7 @@ def test_access_is_lazy_and_cache_is_bounded(tmp_path, monkeypatch):
     assert 1 <= len(decoded) <= 10
     reader[56]  # the running decoder continues: one more frame
     assert len(decoded) <= 11
-    assert len(reader._cache._items) <= reader._cache.capacity == 4
+    assert len(reader._cache) <= reader._cache.max_items == 4
     with pytest.raises(ValueError):  # cached frames are read-only: no caller can corrupt them for others
         reader[56][0, 0, 0] = 1
     with pytest.raises(IndexError):

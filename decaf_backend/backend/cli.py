@@ -6,13 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
-from .settings import Settings
+from .settings import Settings, check_serving_access
 
 
 def _serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(host=args.host, port=args.port, preload=False if args.no_preload else None)
+    check_serving_access(settings)  # refuse before the server and its dependencies load (serve checks again)
     from .server import serve
 
-    settings = Settings.from_env(host=args.host, port=args.port, preload=False if args.no_preload else None)
     serve(settings)
     return 0
 

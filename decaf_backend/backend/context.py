@@ -1,9 +1,10 @@
 """Clicks and boxes from an interactive request's `params.context` (what the browser sends, docs/ls-browser.md §2).
 
 Frames layout: smart `keypointlabels` items (percent coordinates, `item_index` = the page, `is_positive` false on
-Alt+click) and `rectanglelabels` items become Click/Box prompts on their own frame. The browser resends every
-pending point of one label, possibly from other frames: each point stays a prompt for its own frame (the session
-ignores points it already has). A label named like "Negative" (or marked negative="true") makes its points negative.
+Alt+click) and `rectanglelabels` items become Click/Box prompts on their own frame, in the context's order. The
+browser resends every pending point of one label, possibly from other frames: each point stays a prompt for its own
+frame, and the request's whole list is what the answer depends on (corrections.py). A label named like "Negative"
+(or marked negative="true") makes its points negative.
 
 Video layout: `videorectangle` items; each enabled keyframe that differs from every box the backend showed on that
 frame (its current track and the tracks it predicted before; so the annotator drew or moved it) becomes a box
@@ -33,12 +34,19 @@ class ObjectPrompts:
     """The prompts for one object: `label` names it (None: a generic click label, the caller picks the object)."""
 
     label: str | None
-    clicks: list[Click] = field(default_factory=list)
-    boxes: list[Box] = field(default_factory=list)
+    prompts: list[Click | Box] = field(default_factory=list)  # in the order the context lists them
+
+    @property
+    def clicks(self) -> list[Click]:
+        return [p for p in self.prompts if isinstance(p, Click)]
+
+    @property
+    def boxes(self) -> list[Box]:
+        return [p for p in self.prompts if isinstance(p, Box)]
 
     @property
     def empty(self) -> bool:
-        return not self.clicks and not self.boxes
+        return not self.prompts
 
 
 @dataclass(frozen=True)
@@ -86,15 +94,15 @@ def parse_prompts(
         if schema.layout == "frames" and kind == "keypointlabels":
             label, negative = _click_label(item, schema)
             click = _click(item, frame, negative)
-            group(label).clicks.append(click)
+            group(label).prompts.append(click)
         elif schema.layout == "frames" and kind == "rectanglelabels":
             label = _object_label(item, "rectanglelabels", schema)
-            group(label).boxes.append(_rect_box(item, frame))
+            group(label).prompts.append(_rect_box(item, frame))
         elif schema.layout == "video" and kind == "videorectangle":
             if clock is None:
                 raise ValueError("a VideoClock is needed for video tracks")
             label = _object_label(item, "labels", schema)
-            group(label, str(item.get("id") or "")).boxes.extend(
+            group(label, str(item.get("id") or "")).prompts.extend(
                 _changed_keyframes(item, frame, clock, label, known_box)
             )
     return [g for g in groups.values() if not g.empty]

@@ -1,12 +1,14 @@
-"""Background prediction jobs: a context-less /predict never blocks past Label Studio's timeout.
+"""Background jobs in two lanes: a context-less /predict never blocks past Label Studio's timeout.
 
-Each task to pre-annotate becomes a job, run one at a time by a worker thread (one GPU). A /predict waits for its
-jobs up to a deadline, then *settles* each one exactly once, under the queue's lock:
+Each task to pre-annotate becomes a job of the *batch* lane (one worker: one device); webhook corrections go to
+the *interactive* lane's worker, so they never queue behind pre-annotation. A /predict waits for its jobs up to a
+deadline, then *settles* each one exactly once, under the queue's lock:
 - finished -> its prediction goes into the /predict reply (Label Studio stores it);
-- failed -> an empty prediction (the error is logged), as for any failing task;
-- still running -> the reply holds no prediction for that task (Label Studio stores nothing, so no empty
-  prediction hides the real one) and the job is marked *deferred*: when it finishes, the worker posts the
-  prediction through Label Studio's API instead.
+- failed -> nothing for that task (Label Studio stores no prediction, so it asks again on the next open or
+  retrieve), the error is logged and counted, and the job is forgotten so the next request runs it again;
+- still running -> the reply holds no prediction for that task and the job is marked *deferred*: when it
+  finishes, its prediction goes to the outbox (outbox.py), which posts it through Label Studio's API.
+A deferred job that fails is forgotten at once (the next request re-runs it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+BATCH, INTERACTIVE = "batch", "interactive"
 
 
 @dataclass(eq=False)
@@ -31,6 +34,7 @@ class Job:
     run: Callable[[], dict[str, Any] | None]  # None: nothing to post
     project: Any = None
     replace_ok: bool = False  # post even if the task has a prediction of this version (a new prompt)
+    lane: str = BATCH
     state: str = QUEUED
     prediction: dict[str, Any] | None = None
     error: str | None = None
@@ -46,16 +50,36 @@ class Settled:
     error: str | None = None
 
 
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason; GPU out-of-memory is named as such (and the allocator's cache is released)."""
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # releasing the cache is best effort
+            pass
+        return f"GPU out of memory: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class JobQueue:
-    def __init__(self, deliver: Callable[[Job], None]) -> None:
+    def __init__(
+        self,
+        deliver: Callable[[Job], None],
+        on_failure: Callable[[Job, BaseException], None] | None = None,
+    ) -> None:
         self._deliver = deliver
+        self._on_failure = on_failure
         self._jobs: dict[Hashable, Job] = {}  # queued, running, or finished but not settled/delivered yet
-        self._queue: deque[Job] = deque()
+        self._queues: dict[str, deque[Job]] = {BATCH: deque(), INTERACTIVE: deque()}
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._worker: threading.Thread | None = None
+        self._wake = {lane: threading.Condition(self._lock) for lane in self._queues}
+        self._workers: dict[str, threading.Thread] = {}
         self.delivered = 0
         self.delivery_failures = 0
+        self.failures = 0
 
     def submit(
         self,
@@ -65,6 +89,7 @@ class JobQueue:
         project: Any = None,
         deferred: bool = False,
         replace_ok: bool = False,
+        lane: str = BATCH,
     ) -> Job:
         """The job for `key`: the one already queued/running/unsettled, else a new one.
 
@@ -75,16 +100,29 @@ class JobQueue:
             if job is not None:
                 job.deferred = job.deferred or deferred
                 return job
-            job = Job(key, task_id, run, project=project, replace_ok=replace_ok, deferred=deferred)
+            job = Job(key, task_id, run, project=project, replace_ok=replace_ok, deferred=deferred, lane=lane)
             self._jobs[key] = job
-            self._queue.append(job)
-            self._ensure_worker()
-            self._wake.notify()
+            self._queues[lane].append(job)
+            self._ensure_worker(lane)
+            self._wake[lane].notify()
             return job
 
-    def active_for_task(self, task_id: Any) -> list[Job]:
+    def active_for_task(self, task_id: Any, project: Any = None) -> list[Job]:
         with self._lock:
-            return [j for j in self._jobs.values() if j.task_id == task_id and j.state in (QUEUED, RUNNING)]
+            return [
+                j
+                for j in self._jobs.values()
+                if j.task_id == task_id and j.state in (QUEUED, RUNNING) and project in (None, j.project)
+            ]
+
+    def prioritize(self, task_id: Any) -> None:
+        """Move the task's queued batch jobs to the front (an annotator is waiting on that task)."""
+        with self._lock:
+            queue = self._queues[BATCH]
+            mine = [j for j in queue if j.task_id == task_id]
+            for job in mine:
+                queue.remove(job)
+            queue.extendleft(reversed(mine))
 
     @staticmethod
     def wait(jobs: Sequence[Job], timeout: float) -> None:
@@ -93,7 +131,7 @@ class JobQueue:
             job.finished.wait(max(0.0, deadline - time.monotonic()))
 
     def settle(self, job: Job) -> Settled:
-        """Hand a job's outcome to exactly one /predict reply, or defer it to the worker's API post."""
+        """Hand a job's outcome to exactly one /predict reply, or defer it to the outbox."""
         with self._lock:
             if job.state == FAILED:
                 self._jobs.pop(job.key, None)
@@ -101,7 +139,7 @@ class JobQueue:
             if job.state == DONE and not job.deferred:
                 self._jobs.pop(job.key, None)
                 return Settled(DONE, job.prediction)
-            job.deferred = True  # still running, or already handed to the worker's API post
+            job.deferred = True  # still running, or already handed to the outbox
             return Settled("deferred")
 
     def stats(self) -> dict[str, int]:
@@ -113,40 +151,47 @@ class JobQueue:
             "unsettled": states.count(DONE) + states.count(FAILED),
             "delivered": self.delivered,
             "delivery_failures": self.delivery_failures,
+            "failures": self.failures,
         }
 
-    def _ensure_worker(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._work, name="decaf-jobs", daemon=True)
-            self._worker.start()
+    def _ensure_worker(self, lane: str) -> None:
+        worker = self._workers.get(lane)
+        if worker is None or not worker.is_alive():
+            worker = threading.Thread(target=self._work, args=(lane,), name=f"decaf-{lane}", daemon=True)
+            self._workers[lane] = worker
+            worker.start()
 
-    def _work(self) -> None:
+    def _work(self, lane: str) -> None:
+        queue = self._queues[lane]
         while True:
             with self._lock:
-                while not self._queue:
-                    self._wake.wait()
-                job = self._queue.popleft()
+                while not queue:
+                    self._wake[lane].wait()
+                job = queue.popleft()
                 job.state = RUNNING
-            prediction, error = None, None
+            prediction, error, failure = None, None, None
             try:
                 prediction = job.run()
             except Exception as exc:  # one failing task must not stop the queue
-                log.exception("prediction for task %s failed", job.task_id)
-                error = f"{type(exc).__name__}: {exc}"
+                log.exception("job for task %s failed", job.task_id)
+                error, failure = describe_error(exc), exc
             with self._lock:
                 job.state = DONE if error is None else FAILED
                 job.prediction, job.error = prediction, error
-                done = job.deferred and job.state == DONE
-                if done:
-                    self._jobs.pop(job.key, None)
+                if error is not None:
+                    self.failures += 1
+                if job.deferred:
+                    self._jobs.pop(job.key, None)  # delivered below, or failed: the next request re-runs it
                 # a deferred job may find nothing to post (a webhook's correction that changed nothing)
-                deliver = done and prediction is not None
+                deliver = job.deferred and error is None and prediction is not None
                 job.finished.set()
+            if failure is not None and self._on_failure is not None:
+                self._on_failure(job, failure)
             if deliver:
                 try:
                     self._deliver(job)
                     self.delivered += 1
                 except Exception:
                     self.delivery_failures += 1
-                    log.exception("could not post the prediction of task %s to Label Studio", job.task_id)
+                    log.exception("could not hand the prediction of task %s to the outbox", job.task_id)
                 job.prediction = None

@@ -13,9 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from ..confidence import summary_score
 from ..export import brush_result, brush_result_mask
-from ..types import Box, FrameMasks
+from ..review import FrameToCheck, MaskGeometry, frames_to_check
+from ..types import Box, FrameMasks, VideoSegmentation
 from .schema import ObjectSpec, Schema
+
+REVIEW_REGION_ID = "decaf-review"
+FRAMES_TO_CHECK = 5
 
 
 def region_id(obj: ObjectSpec, frame: int | None = None) -> str:
@@ -195,3 +200,161 @@ def track_boxes(item: Mapping[str, Any], clock: VideoClock, width: int, height: 
 
 def prediction(results: list[dict[str, Any]], score: float, model_version: str) -> dict[str, Any]:
     return {"result": results, "score": float(score), "model_version": model_version}
+
+
+# ------------------------------------------------------------------------------------ what the model thought
+#
+# Seen in Label Studio 1.23.2 (README, "What the model thought"): a region's `score` shows next to it in the Regions list, its
+# `meta.text` in the region's Info panel once selected, and a read-only <TextArea> result above the media in the
+# labeling view; Data Manager sorts and filters tasks by the prediction's `score`.
+
+
+@dataclass(frozen=True)
+class ObjectReview:
+    """One object's per-frame confidence, its summary and the frames to check first."""
+
+    confidence: list[float] | None
+    summary: float | None
+    checks: list[FrameToCheck]
+
+    @classmethod
+    def of(cls, seg: VideoSegmentation) -> ObjectReview:
+        conf = seg.frame_confidence
+        if conf is not None and len(conf) != seg.masks.num_frames:
+            conf = None  # masks and signals from different runs: show no number rather than a wrong one
+        checks = frames_to_check(MaskGeometry.of(seg.masks), conf, limit=FRAMES_TO_CHECK)
+        return cls(conf, summary_score(conf), checks)
+
+    def score(self, seg: VideoSegmentation) -> float:
+        """The object's share of the prediction score: the confidence summary, else DecAF's selection score."""
+        return self.summary if self.summary is not None else min(1.0, max(0.0, seg.score))
+
+
+def _clock(schema: Schema, seg: VideoSegmentation) -> VideoClock | None:
+    """The player's clock of a video task (None for frame sequences, whose pages are the frames)."""
+    info = seg.video
+    return VideoClock(info.fps, schema.framerate, info.num_frames) if schema.layout == "video" else None
+
+
+def _place(clock: VideoClock | None, frame: int) -> str:
+    """How the annotator finds a frame: the pager's page (frames) or the player's 1-based frame (video)."""
+    return f"page {frame + 1}" if clock is None else f"frame {clock.to_ls(frame)}"
+
+
+def _check_text(check: FrameToCheck, clock: VideoClock | None) -> str:
+    reasons = ", ".join(check.reasons) or f"risk {check.risk:.2f}"
+    return f"{_place(clock, check.frame)} ({reasons})"
+
+
+def _chosen_text(seg: VideoSegmentation) -> str:
+    if not seg.prompt:
+        return f"Object '{seg.object_name}' from clicks (no prompt)"
+    weights = " [random test weights]" if seg.random_weights else ""
+    return f"MLLM chose '{seg.object_name}' for the prompt '{seg.prompt}'{weights}"
+
+
+def object_items(
+    seg: VideoSegmentation,
+    obj: ObjectSpec,
+    schema: Schema,
+    review: ObjectReview,
+    clock: VideoClock | None = None,
+    skip_empty: bool = False,
+) -> list[dict[str, Any]]:
+    """The object's regions with what the model thought: per-frame confidence as each brush region's `score` and
+    in its `meta.text` (with the chosen object and prompt, and why the frame is worth a check); a track gets the
+    summary as its `score`, the frames to check as its text, and each keyframe its frame's confidence."""
+    checks = {c.frame: (rank, c) for rank, c in enumerate(review.checks, 1)}
+    chosen = _chosen_text(seg)
+    if schema.layout == "frames":
+        items = brush_items(seg.masks, obj, schema, skip_empty=skip_empty)
+        for item in items:
+            f = int(item["item_index"])
+            line = _place(None, f)
+            if review.confidence is not None:
+                item["score"] = round(float(review.confidence[f]), 4)
+                line += f": confidence {review.confidence[f]:.2f}"
+            if f in checks:
+                rank, check = checks[f]
+                line += f" · check #{rank}: {', '.join(check.reasons) or 'doubtful'}"
+            item["meta"] = {"text": f"{line}\n{chosen}"}
+        return items
+    if clock is None:
+        raise ValueError("a video track needs the video clock")
+    item = track_item(seg.masks, obj, schema, clock)
+    if item is None:
+        return []
+    lines = [chosen]
+    if review.confidence is not None:
+        by_ls_frame: dict[int, float] = {}
+        for f, c in enumerate(review.confidence):  # several decoded frames per LS frame: the weakest counts
+            ls = clock.to_ls(f)
+            by_ls_frame[ls] = min(c, by_ls_frame.get(ls, 1.0))
+        for key in item["value"]["sequence"]:
+            if key["frame"] in by_ls_frame:
+                key["score"] = round(by_ls_frame[key["frame"]], 4)
+        item["score"] = round(float(review.summary), 4)
+        lines.append(f"confidence {review.summary:.2f} (10th percentile over frames)")
+    if review.checks:
+        lines.append("check first: " + "; ".join(_check_text(c, clock) for c in review.checks))
+    item["meta"] = {"text": "\n".join(lines)}
+    return [item]
+
+
+def review_item(
+    pairs: Sequence[tuple[ObjectSpec, VideoSegmentation, ObjectReview]],
+    schema: Schema,
+    clock: VideoClock | None = None,
+) -> dict[str, Any] | None:
+    """The review <TextArea>'s text (None when the config has none): per object, what the MLLM chose for which
+    prompt, the confidence summary with its weakest frame, and the frames to check first, in order."""
+    if schema.review_name is None or not pairs:
+        return None
+    lines = []
+    for obj, seg, review in pairs:
+        name = f"{obj.label}: " if obj.label and len(pairs) > 1 else ""
+        lines.append(f"{name}{_chosen_text(seg)}")
+        if review.confidence is not None and review.summary is not None:
+            weakest = int(np.argmin(review.confidence))
+            lines.append(
+                f"{name}Confidence {review.summary:.2f} (lowest {review.confidence[weakest]:.2f} on "
+                f"{_place(clock, weakest)})"
+            )
+        if review.checks:
+            checks = "; ".join(_check_text(c, clock) for c in review.checks)
+            lines.append(f"{name}Check first: {checks}")
+        else:
+            lines.append(f"{name}Check first: nothing stands out")
+    return {
+        "id": REVIEW_REGION_ID,
+        "from_name": schema.review_name,
+        "to_name": schema.object_name,
+        "type": "textarea",
+        "value": {"text": lines},
+    }
+
+
+def segmentation_prediction(
+    pairs: Sequence[tuple[ObjectSpec, VideoSegmentation]],
+    schema: Schema,
+    model_version: str,
+    skip_empty: bool = False,
+    unchanged: Sequence[tuple[ObjectSpec, VideoSegmentation]] = (),
+) -> dict[str, Any]:
+    """A task's prediction from its objects' segmentations: the regions, the review text and the score.
+
+    The score is the lowest object score: a video is as doubtful as its most doubtful object, so Label Studio's
+    ordering by prediction score puts it first. `unchanged` objects (a correction of another object) appear in
+    the review text only: it replaces the whole text in the labeling view.
+    """
+    reviewed = [(obj, seg, ObjectReview.of(seg)) for obj, seg in pairs]
+    others = [(obj, seg, ObjectReview.of(seg)) for obj, seg in unchanged]
+    results: list[dict[str, Any]] = []
+    for obj, seg, review in reviewed:
+        results.extend(object_items(seg, obj, schema, review, _clock(schema, seg), skip_empty))
+    everything = reviewed + others
+    text = review_item(everything, schema, _clock(schema, everything[0][1]) if everything else None)
+    if text is not None:
+        results.append(text)
+    score = min((review.score(seg) for _, seg, review in reviewed), default=0.0)
+    return prediction(results, score, model_version)

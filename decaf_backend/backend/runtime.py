@@ -1,23 +1,29 @@
-"""The process-wide state of the backend: models (loaded once), caches, the job queue, Label Studio access.
+"""The process-wide state of the backend: models (loaded once), segmentations and correction sessions, the lanes
+and jobs, the outbox, Label Studio access.
 
 Label Studio's 2.x ML backends build a new model object per request; the heavy parts therefore live here, in one
 module-level singleton (`get_runtime()`), shared by every request thread. Run ONE server process (threads are fine):
-sessions live in this process's memory and the GPU is used one job at a time (`model_lock`).
+sessions live in this process's memory; corrections and pre-annotation share the device (lanes.py).
+Pre-annotation runs through `executor` (`predict(project, label_config, task) -> prediction dict`): in this process
+by default; a Ray runner can take its place.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from ..lru import BoundedCache
+from .corrections import CorrectionSessions
 from .jobs import Job, JobQueue
+from .lanes import Lanes
 from .media import MediaFetcher
 from .metrics import Metrics
-from .session_cache import SessionCache, estimate_bytes
-from .settings import Settings
+from .outbox import Entry, Outbox
+from .segmentations import Segmentations
+from .settings import Settings, label_studio_access
 from .store import SegmentationStore
 
 log = logging.getLogger(__name__)
@@ -49,19 +55,23 @@ class Runtime:
         self._pipeline: Any = None
         self._load_error: BaseException | None = None
         self._load_lock = threading.Lock()
-        self.model_lock = threading.RLock()  # one model call at a time: segment, refine
-        self.cache = SessionCache(
-            int(settings.session_cache_mb * 2**20),
-            lambda seg: estimate_bytes(seg, settings.session_bytes_per_frame),
+        self.segment_lock = threading.Lock()  # one DecAF pass at a time (the batch lane's device share)
+        budget = int(settings.session_cache_mb * 2**20)
+        self.store = SegmentationStore(settings.model_dir / "segmentations", int(settings.store_mb * 2**20))
+        # a tenth of the budget for masks, the rest for live SAM2 sessions (they weigh far more)
+        self.segmentations = Segmentations(self.store, max(1, budget // 10))
+        self.sessions = CorrectionSessions(
+            budget - budget // 10, settings.session_bytes_per_frame, settings.model_dir / "answers"
         )
-        self.store = SegmentationStore(settings.model_dir / "segmentations")
         self.media = MediaFetcher(settings, open_video)
-        self.jobs = JobQueue(self._deliver)
         self.metrics = Metrics()
+        self.lanes = Lanes()
+        self.jobs = JobQueue(self._deliver, on_failure=self._job_failed)
+        self.outbox = Outbox(settings.model_dir / "outbox", self._post_entry, on_failure=self._post_failed)
+        self.executor: Any = LocalExecutor(self)
         self._setup_credentials: dict[Any, tuple[str, str]] = {}
         self._clients: dict[tuple[str, str], Any] = {}
-        self._applied: OrderedDict[Hashable, Hashable] = OrderedDict()  # last prompts per annotation
-        self._applied_lock = threading.Lock()
+        self._applied: BoundedCache[Hashable, Hashable] = BoundedCache(max_items=APPLIED_MEMORY)
 
     # models -----------------------------------------------------------------------------------------------
     @property
@@ -105,13 +115,8 @@ class Runtime:
             self._setup_credentials[project] = (hostname, access_token)
 
     def credentials(self, project: Any) -> tuple[str, str] | None:
-        s = self.settings
-        if s.label_studio_url and s.label_studio_api_key:
-            return s.label_studio_url, s.label_studio_api_key
-        found = self._setup_credentials.get(project)
-        if found and s.label_studio_url:  # prefer the configured URL: /setup's hostname can be "localhost"
-            return s.label_studio_url, s.label_studio_api_key or found[1]
-        return found
+        """LABEL_STUDIO_URL/API_KEY win; /setup fills in only what is unset (settings.label_studio_access)."""
+        return label_studio_access(self.settings, self._setup_credentials.get(project))
 
     def _client(self, project: Any) -> Any:
         creds = self.credentials(project)
@@ -128,13 +133,13 @@ class Runtime:
     def post_prediction(
         self, project: Any, task_id: Any, prediction: dict[str, Any], replace_ok: bool = False
     ) -> bool:
-        """Store a prediction through the API unless the task already has one of this model version."""
+        """Store a prediction through the API unless the task already has one of this model version (with
+        `replace_ok`: unless it already has this very result, e.g. posted just before a crash)."""
         client = self._client(project)
         version = prediction.get("model_version")
-        if not replace_ok and any(
-            p.model_version == version for p in client.predictions.list(task=int(task_id))
-        ):
-            log.info("task %s already has a %s prediction: not posting another", task_id, version)
+        stored = [p for p in client.predictions.list(task=int(task_id)) if p.model_version == version]
+        if any(not replace_ok or (p.result or []) == prediction["result"] for p in stored):
+            log.info("task %s already has this %s prediction: not posting another", task_id, version)
             return False
         client.predictions.create(
             task=int(task_id),
@@ -159,37 +164,65 @@ class Runtime:
 
     def first_application(self, source: Hashable, prompts: Hashable) -> bool:
         """False when `prompts` are the ones last applied for `source` (an annotation resubmitted unchanged)."""
-        with self._applied_lock:
-            if self._applied.get(source) == prompts:
-                return False
-            self._applied[source] = prompts
-            self._applied.move_to_end(source)
-            while len(self._applied) > APPLIED_MEMORY:
-                self._applied.popitem(last=False)
-            return True
+        if self._applied.get(source) == prompts:
+            return False
+        self._applied.put(source, prompts)
+        return True
 
     def _deliver(self, job: Job) -> None:
+        """A finished deferred job: its prediction goes to the on-disk outbox (posted from there)."""
         if job.prediction is not None:
-            self.post_prediction(job.project, job.task_id, job.prediction, replace_ok=job.replace_ok)
+            self.outbox.add(job.project, job.task_id, job.prediction, replace_ok=job.replace_ok)
+
+    def _post_entry(self, entry: Entry) -> None:
+        self.post_prediction(entry.project, entry.task_id, entry.prediction, replace_ok=entry.replace_ok)
+
+    def _post_failed(self, entry: Entry, exc: BaseException) -> None:
+        self.metrics.inc("errors_total", kind="post")
+
+    def _job_failed(self, job: Job, exc: BaseException) -> None:
+        kind = "out_of_memory" if (job.error or "").startswith("GPU out of memory") else "job"
+        self.metrics.inc("errors_total", kind=kind)
 
     # state for /metrics and /health ---------------------------------------------------------------------
     def gauges(self) -> dict[str, float]:
-        stats = self.cache.stats
+        sessions, masks = self.sessions.cache.stats, self.segmentations.cache.stats
         jobs = self.jobs.stats()
         return {
             "model_loaded": float(self.pipeline_loaded),
-            "session_cache_entries": stats.entries,
-            "session_cache_bytes": stats.bytes,
-            "session_cache_budget_bytes": self.cache.max_bytes,
-            "session_cache_hits_total": stats.hits,
-            "session_cache_misses_total": stats.misses,
-            "session_cache_evictions_total": stats.evictions,
+            "session_cache_entries": sessions.entries + masks.entries,
+            "session_cache_bytes": sessions.bytes + masks.bytes,
+            "session_cache_budget_bytes": int(self.settings.session_cache_mb * 2**20),
+            "session_cache_hits_total": sessions.hits + masks.hits,
+            "session_cache_misses_total": sessions.misses + masks.misses,
+            "session_cache_evictions_total": sessions.evictions + masks.evictions,
+            "store_bytes": self.store.bytes,
+            "store_budget_bytes": int(self.settings.store_mb * 2**20),
+            "store_evictions_total": self.store.evictions,
+            "outbox_pending": self.outbox.pending(),
+            "outbox_sent_total": self.outbox.sent,
+            "outbox_failures_total": self.outbox.failures,
+            "corrections_in_flight": self.lanes.corrections_in_flight,
+            "batch_pauses_total": self.lanes.batch_pauses,
+            "jobs_failed_total": jobs["failures"],
             "jobs_queued": jobs["queued"],
             "jobs_running": jobs["running"],
             "jobs_unsettled": jobs["unsettled"],
             "jobs_delivered_total": jobs["delivered"],
             "jobs_delivery_failures_total": jobs["delivery_failures"],
         }
+
+
+class LocalExecutor:
+    """Pre-annotation in this process (the batch lane's worker thread)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def predict(self, project_id: Any, label_config: str | None, task: dict[str, Any]) -> dict[str, Any]:
+        from .model import DecafVideoModel
+
+        return DecafVideoModel(project_id, label_config, runtime=self.runtime).predict_task(task)
 
 
 _RUNTIME: Runtime | None = None

@@ -48,6 +48,7 @@ class Schema:
     click_labels: Mapping[str, bool] = field(default_factory=dict)  # click label -> is a negative label
     box_names: tuple[str, ...] = ()  # <RectangleLabels> on the image (frames layout): box prompts
     textarea_name: str | None = None  # <TextArea> holding the annotator's prompt
+    review_name: str | None = None  # optional read-only <TextArea> showing what the model thought
     framerate: float = DEFAULT_VIDEO_FRAMERATE
 
     @property
@@ -183,6 +184,7 @@ def _frames_schema(brush: Any, image: Any, by_tag: dict[str, list[Any]]) -> Sche
         click_labels=click_labels,
         box_names=boxes,
         textarea_name=_textarea(by_tag),
+        review_name=_review(by_tag, image.name),
     )
 
 
@@ -214,6 +216,7 @@ def _video_schema(track: Any, video: Any, by_tag: dict[str, list[Any]]) -> Schem
         labels=labels,
         label_prompts=prompts,
         textarea_name=_textarea(by_tag),
+        review_name=_review(by_tag, video.name),
         framerate=framerate,
     )
 
@@ -232,5 +235,16 @@ def _textarea(by_tag: dict[str, list[Any]]) -> str | None:
     """The prompt TextArea: one named "prompt" or marked prompt="true"; other TextAreas (comments...) are not prompts."""
     for area in by_tag.get("TextArea", []):
         if area.name == "prompt" or str(area.attr.get("prompt", "")).lower() == "true":
+            return area.name
+    return None
+
+
+def _review(by_tag: dict[str, list[Any]], object_name: str) -> str | None:
+    """The review TextArea: one named "review" or marked review="true", on the media object. The backend writes
+    the chosen object, the prompt, the confidence and the frames to check into it; configs without one still
+    get the per-region scores and texts."""
+    for area in by_tag.get("TextArea", []):
+        marked = area.name == "review" or str(area.attr.get("review", "")).lower() == "true"
+        if marked and object_name in area.to_name:
             return area.name
     return None

@@ -20,7 +20,7 @@ from ..errors import DecafError
 from .errors import LabelConfigError, RequestError
 from .model import DecafVideoModel, project_id_of
 from .runtime import Runtime, get_runtime, set_runtime
-from .settings import Settings
+from .settings import Settings, check_serving_access
 
 log = logging.getLogger(__name__)
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
@@ -54,7 +54,7 @@ def create_app(
             and hmac.compare_digest(auth.password or "", settings.basic_auth_pass)
         ):
             return None
-        runtime.metrics.inc("unauthorized_total", route=request.path)
+        runtime.metrics.inc("unauthorized_total", route=_route())
         return Response(
             '{"error": "authentication required"}',
             401,
@@ -64,9 +64,9 @@ def create_app(
     @app.after_request
     def count(response: Response) -> Response:
         start = request.environ.get("decaf.start")
-        runtime.metrics.inc("requests_total", route=request.path, status=str(response.status_code))
+        runtime.metrics.inc("requests_total", route=_route(), status=str(response.status_code))
         if start is not None:
-            runtime.metrics.inc("request_seconds_total", time.perf_counter() - start, route=request.path)
+            runtime.metrics.inc("request_seconds_total", time.perf_counter() - start, route=_route())
         return response
 
     @app.errorhandler(Exception)
@@ -97,8 +97,9 @@ def create_app(
     def setup() -> Any:
         body = _json_body()
         project = project_id_of(body.get("project"))
-        runtime.remember_setup(project, body.get("hostname"), body.get("access_token"))
-        model = model_class(project, body.get("schema"), runtime=runtime)
+        hostname, token = _text(body, "hostname"), _text(body, "access_token")
+        runtime.remember_setup(project, hostname, token)
+        model = model_class(project, _text(body, "schema"), runtime=runtime)
         return jsonify(model_version=model.model_version)
 
     @app.post("/predict")
@@ -107,10 +108,12 @@ def create_app(
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not tasks:
             raise RequestError("'tasks' must be a non-empty list of Label Studio tasks")
+        for task in tasks:
+            _check_task(task)
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise RequestError("'params' must be an object")
-        model = model_class(body.get("project"), body.get("label_config"), runtime=runtime)
+        model = model_class(body.get("project"), _text(body, "label_config"), runtime=runtime)
         results = model.predict(tasks, context=params.get("context"))
         runtime.metrics.inc("tasks_requested_total", len(tasks))
         return jsonify(results=results, model_version=model.model_version)
@@ -122,7 +125,10 @@ def create_app(
         if not isinstance(event, str):
             raise RequestError("a webhook body needs an 'action'")
         project = body.get("project") if isinstance(body.get("project"), dict) else {}
-        model = model_class(project.get("id"), project.get("label_config"), runtime=runtime)
+        if isinstance(body.get("task"), dict):
+            _check_task(body["task"])
+        _check_lists(body, "annotation")
+        model = model_class(project.get("id"), _text(project, "label_config"), runtime=runtime)
         return jsonify(model.fit(event, body)), 201
 
     @app.get("/metrics")
@@ -130,6 +136,52 @@ def create_app(
         return Response(runtime.metrics.render(runtime.gauges()), mimetype="text/plain; version=0.0.4")
 
     return app
+
+
+def _route() -> str:
+    """The matched route for metric labels: any path a client sends would grow /metrics without bound."""
+    return request.url_rule.rule if request.url_rule is not None else "unmatched"
+
+
+def _check_task(task: Any) -> None:
+    """The shape of a Label Studio task, checked here so that the model code can rely on it."""
+    if not isinstance(task, dict):
+        raise RequestError("each task must be a JSON object")
+    task_id = task.get("id")
+    if isinstance(task_id, bool) or not isinstance(task_id, int):
+        raise RequestError(f"each task needs an integer 'id', not {_brief(task_id)}")
+    if not isinstance(task.get("data", {}), dict):
+        raise RequestError(f"task {task_id}: 'data' must be an object")
+    for name in ("predictions", "annotations", "drafts"):
+        items = task.get(name) or []
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise RequestError(f"task {task_id}: '{name}' must be a list of objects")
+        for item in items:
+            _check_lists(item, None)
+
+
+def _check_lists(body: dict[str, Any], key: str | None) -> None:
+    """An annotation or prediction (body[key], or body itself): an object whose 'result' is a list of objects."""
+    item = body.get(key) if key else body
+    if item is None:
+        return
+    if not isinstance(item, dict):
+        raise RequestError(f"'{key}' must be an object")
+    result = item.get("result") or []
+    if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
+        raise RequestError("an annotation's or prediction's 'result' must be a list of objects")
+
+
+def _text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RequestError(f"'{key}' must be a string")
+    return value
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _json_body() -> dict[str, Any]:
@@ -143,6 +195,9 @@ def serve(settings: Settings, runtime: Runtime | None = None) -> None:
     """Run the app in one process with threads (sessions live in this process; see runtime.py)."""
     from werkzeug.serving import make_server
 
+    warning = check_serving_access(settings)  # raises AccessError before anything listens
+    if warning:
+        log.warning("%s", warning)
     runtime = runtime or Runtime(settings)
     if settings.preload:
         runtime.preload_in_background()

@@ -2,6 +2,8 @@
 
 One file per (task, media, object): a JSON header line, then each frame's mask bit-packed and zlib-compressed.
 Only plain data is stored (no pickle); the SAM2 session is rebuilt from the masks on its prompt frames.
+Bounded: a byte budget (DECAF_STORE_MB) with least-recently-used eviction; the LRU index is a BoundedCache of file
+sizes rebuilt from the files' modification times at start, and every read or write refreshes a file's time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..lru import BoundedCache
 from ..types import FrameMasks, VideoInfo, VideoSegmentation
 
 FORMAT = 1
@@ -30,8 +33,44 @@ def _is_jsonable(value: Any) -> bool:
 
 
 class SegmentationStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root
+        self.max_bytes = max_bytes
+        self._index: BoundedCache[Path, int] | None = None
+        self._index_lock = threading.Lock()
+        self.evictions = 0
+
+    def _lru(self) -> BoundedCache[Path, int]:
+        """The LRU of stored files, oldest first (built on first use from the files on disk)."""
+        with self._index_lock:
+            if self._index is None:
+                index: BoundedCache[Path, int] = BoundedCache(
+                    max_bytes=self.max_bytes if self.max_bytes is not None else 2**62,
+                    sizeof=lambda size: size,
+                    on_evict=self._evicted,
+                )
+                found = []
+                for path in self.root.rglob("*.seg") if self.root.is_dir() else []:
+                    try:
+                        st = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    found.append((st.st_mtime_ns, path, st.st_size))
+                for _, path, size in sorted(found):
+                    index.put(path, size)
+                self._index = index
+            return self._index
+
+    def _evicted(self, path: Path, size: int) -> None:
+        path.unlink(missing_ok=True)
+        self.evictions += 1
+
+    @property
+    def bytes(self) -> int:
+        return self._lru().stats.bytes
+
+    def __len__(self) -> int:
+        return len(self._lru())
 
     def _path(self, key: tuple) -> Path:
         digest = hashlib.sha1(json.dumps(key, default=str).encode()).hexdigest()
@@ -49,6 +88,7 @@ class SegmentationStore:
             "prompt_frames": list(seg.prompt_frames),
             "scores": {k: v for k, v in seg.scores.items() if _is_jsonable(v)},
             "random_weights": seg.random_weights,
+            "frame_confidence": seg.frame_confidence,
             "sizes": [len(b) for b in blobs],
         }
         path = self._path(key)
@@ -62,6 +102,7 @@ class SegmentationStore:
             os.replace(tmp, path)  # atomic: a reader never sees half a file
         finally:
             tmp.unlink(missing_ok=True)  # only still there when writing failed (disk full...)
+        self._lru().put(path, path.stat().st_size)
 
     def load(self, key: tuple) -> VideoSegmentation | None:
         path = self._path(key)
@@ -69,6 +110,13 @@ class SegmentationStore:
             raw = path.read_bytes()
         except FileNotFoundError:
             return None
+        lru = self._lru()
+        if path in lru:
+            lru.get(path)  # most recently used now; the file time keeps that order across restarts
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return None
         try:
             line_end = raw.index(b"\n")
             header = json.loads(raw[:line_end])
@@ -93,4 +141,5 @@ class SegmentationStore:
             prompt_frames=header["prompt_frames"],
             scores=header["scores"],
             random_weights=header["random_weights"],
+            frame_confidence=header.get("frame_confidence"),
         )

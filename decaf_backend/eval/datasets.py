@@ -4,37 +4,39 @@ Every benchmark becomes a list of `Expression`s (one (video, expression) pair ea
 object ids) plus, where the split has them, ground-truth masks per frame. Layouts and id conventions follow
 shared/docs/datasets.md; ids are strings at this boundary, `frames` from the JSON is the authority for frame
 order and names, and the GT of a multi-object expression is the union of its objects.
+
+Each reader parses its expression file entry by entry (`parse`) and knows where its ground truth lives
+(`annotation_problems`), so `checks.check_dataset` can report every problem of a split at once.
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..errors import DecafError
 from ..video import DEFAULT_CACHE_BYTES, FrameFolderReader, VideoReader
+from .schema import (
+    DatasetError,
+    DatasetProblems,
+    Problems,
+    expression_entries,
+    id_list,
+    read_json_object,
+    read_mask_file,
+    rle_problem,
+    safe_relpath,
+    video_entries,
+)
+
+__all__ = ["DatasetError", "DatasetProblems", "Expression", "RVOSDataset", "load_dataset", "safe_relpath"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
-
-
-class DatasetError(DecafError):
-    """A benchmark folder does not have the published layout (missing file, wrong schema)."""
-
-
-def safe_relpath(key: str) -> PurePosixPath:
-    """A video key / expression id as a relative path: keys may hold '/' (ReVOS) but never '..' or a root."""
-    path = PurePosixPath(key)
-    if path.is_absolute() or any(part in ("..", "") for part in path.parts) or not path.parts:
-        raise DatasetError(f"unsafe video or expression id {key!r}")
-    return path
 
 
 # ----------------------------------------------------------------------------------------- expressions
@@ -62,19 +64,39 @@ class Expression:
         """`<video>/<exp_id>`: unique within a split and usable as a relative path."""
         return f"{self.video}/{self.exp_id}"
 
+    @property
+    def entry(self) -> str:
+        """How problems name this expression: `video 'v' expression '3'`."""
+        return f"video {self.video!r} expression {self.exp_id!r}"
+
     def frame_paths(self) -> list[Path]:
-        """Image file of every listed frame; the extension is probed once per video (jpg first)."""
-        if not self.frames:
-            raise DatasetError(f"video {self.video!r} lists no frames")
-        first = self.frames[0]
-        for ext in IMAGE_EXTS:
-            if (self.frame_dir / f"{first}{ext}").is_file():
-                return [self.frame_dir / f"{name}{ext}" for name in self.frames]
-        raise DatasetError(f"frame {first!r} of video {self.video!r} not found in {self.frame_dir}")
+        """Image file of every listed frame (jpg first, then jpeg, png); a missing one is an error."""
+        paths, missing = find_frame_files(self.frame_dir, self.frames)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DatasetError(
+                f"{self.frame_dir}: listed frame {missing[0]!r}{more} of video {self.video!r} not found"
+            )
+        return paths
 
     def reader(self) -> VideoReader:
         """Lazy reader over exactly the listed frames, in JSON order (DecafPipeline.segment takes it)."""
         return FrameFolderReader(self.frame_dir, self.frame_paths(), 0.0, DEFAULT_CACHE_BYTES)
+
+
+def find_frame_files(folder: Path, names: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """(image file of each name found, names without an image file) — one directory listing per call."""
+    if not folder.is_dir():
+        return [], list(names)
+    by_name = {p.name: p for p in folder.iterdir()}
+    found, missing = [], []
+    for name in names:
+        path = next((by_name[name + ext] for ext in IMAGE_EXTS if name + ext in by_name), None)
+        if path is None:
+            missing.append(name)
+        else:
+            found.append(path)
+    return found, missing
 
 
 # -------------------------------------------------------------------------------------- mask sources
@@ -84,28 +106,22 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     """COCO RLE (str or bytes counts) → (H, W) uint8; H×W×1 decodes are summed like the official tools."""
     from pycocotools import mask as cocomask
 
+    problem = rle_problem(rle)
+    if problem is not None:  # pycocotools would crash or return random pixels
+        raise DatasetError(problem)
     mask = cocomask.decode(rle)
     return mask.sum(axis=2).astype(np.uint8) if mask.ndim == 3 else mask.astype(np.uint8)
 
 
-def load_mask_dict(path: Path) -> dict[str, list[Any]]:
-    """`mask_dict.json` / `.pkl`: {str(anno_id): [RLE or None per frame]} (keys normalised to str)."""
-    if not path.is_file():
-        raise DatasetError(f"ground-truth mask file {path} not found")
-    if path.suffix == ".pkl":
-        with open(path, "rb") as fh:
-            data = pickle.load(fh)  # noqa: S301 - the benchmark's own published file
-    else:
-        data = json.loads(path.read_text())
-    return {str(k): v for k, v in data.items()}
-
-
 def read_label_png(path: Path) -> np.ndarray:
     """A palette or grayscale PNG as its raw (H, W) index / value array."""
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L", "1", "I", "I;16"):
-            img = img.convert("L")
-        return np.asarray(img)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L", "1", "I", "I;16"):
+                img = img.convert("L")
+            return np.asarray(img)
+    except OSError as exc:
+        raise DatasetError(f"annotation {path} is not a readable image: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -134,8 +150,24 @@ class RVOSDataset:
     def has_gt(self) -> bool:
         return self.splits[self.split]
 
-    def expressions(self) -> list[Expression]:
+    @property
+    def meta_path(self) -> Path:
+        """The expression file of this split."""
         raise NotImplementedError
+
+    def expressions(self) -> list[Expression]:
+        """Every expression of the split; a malformed entry anywhere raises DatasetProblems listing all."""
+        problems = Problems()
+        exprs = self.parse(problems)
+        problems.raise_if_any(f"{self.meta_path}")
+        return exprs
+
+    def parse(self, problems: Problems) -> list[Expression]:
+        """The well-formed expressions; each malformed entry is added to `problems` and left out."""
+        raise NotImplementedError
+
+    def annotation_problems(self, exprs: Sequence[Expression], problems: Problems) -> None:
+        """Add a problem for every missing or inconsistent piece of ground truth `exprs` need."""
 
     def gt_masks(self, expr: Expression) -> Iterator[np.ndarray]:
         """Per listed frame, the (H, W) uint8 sum of the expression's object masks (> 0 is foreground)."""
@@ -145,32 +177,105 @@ class RVOSDataset:
         """ReVOS only: per frame, the union of every annotated instance of the video (for metric R)."""
         return None
 
-    # helpers shared by the readers
-    def _read_meta(self, path: Path) -> dict[str, Any]:
-        if not path.is_file():
-            raise DatasetError(f"{self.name}: expression file {path} not found")
-        try:
-            videos = json.loads(path.read_text())["videos"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DatasetError(
-                f"{path} is not a meta_expressions file with a 'videos' object: {exc}"
-            ) from exc
-        return videos
+    # helpers shared by the readers -------------------------------------------------------------------
+    def _videos(self, problems: Problems) -> Iterator[tuple[str, dict, list]]:
+        videos = read_json_object(self.meta_path, "videos")
+        yield from video_entries(self.meta_path, videos, problems)
 
-    def _rle_union(self, expr: Expression, mask_dict: dict[str, list[Any]]) -> Iterator[np.ndarray]:
+    def _expression(
+        self, vid: str, exp_id: str, exp: dict, frames: list, frame_dir: Path, problems: Problems, **kw: Any
+    ) -> Expression | None:
+        """One Expression from a well-formed entry; obj_id / anno_id that are not ids are problems."""
+        obj_ids, anno_ids = id_list(exp.get("obj_id")), id_list(exp.get("anno_id"))
+        entry = f"video {vid!r} expression {exp_id!r}"
+        if obj_ids is None or anno_ids is None:
+            which = "obj_id" if obj_ids is None else "anno_id"
+            problems.add(self.meta_path, entry, f"{which} {exp.get(which)!r} is not an id or a list of ids")
+            return None
+        return Expression(
+            self.name, self.split, vid, exp_id, exp["exp"], frames, frame_dir, obj_ids=obj_ids,
+            anno_ids=anno_ids, **kw,
+        )  # fmt: skip
+
+    def _check_rle_annotations(
+        self, exprs: Sequence[Expression], mask_path: Path, problems: Problems
+    ) -> None:
+        """Every expression names its objects (anno_id), and each is in the mask file with one valid RLE
+        (or null) per listed frame."""
+        try:
+            mask_dict = self._mask_dict
+        except DatasetError as exc:
+            problems.items.append(str(exc))
+            return
+        checked: set[tuple[str, int]] = set()
+        for expr in exprs:
+            if not expr.anno_ids:
+                problems.add(self.meta_path, expr.entry, "no 'anno_id': its ground truth cannot be found")
+                continue
+            for anno in expr.anno_ids:
+                if anno not in mask_dict:
+                    problems.add(mask_path, f"anno_id {anno}", f"missing (needed by {expr.entry})")
+                    continue
+                if (anno, len(expr.frames)) in checked:
+                    continue
+                checked.add((anno, len(expr.frames)))
+                rles = mask_dict[anno]
+                if not isinstance(rles, list) or len(rles) != len(expr.frames):
+                    what = f"{len(rles)} masks" if isinstance(rles, list) else f"a {type(rles).__name__}"
+                    problems.add(
+                        mask_path, f"anno_id {anno}",
+                        f"{what}, but video {expr.video!r} lists {len(expr.frames)} frames",
+                    )  # fmt: skip
+                    continue
+                size = expr.size or _first_rle_size([rles])  # every frame of one video has one size
+                for i, rle in enumerate(rles):
+                    problem = rle_problem(rle, size) if rle else None
+                    if problem:
+                        problems.add(mask_path, f"anno_id {anno} frame {expr.frames[i]!r}", problem)
+                        break
+
+    def _check_png_annotations(
+        self, exprs: Sequence[Expression], folder_of: Any, problems: Problems, by_obj_id: bool
+    ) -> None:
+        """Annotation folders exist (each reported once); with `by_obj_id`, obj_id is the palette value."""
+        reported: set[Path] = set()
+        for expr in exprs:
+            if by_obj_id:
+                if not expr.obj_ids or not all(o.isdigit() for o in expr.obj_ids):
+                    problems.add(
+                        self.meta_path, expr.entry, f"obj_id {expr.obj_ids!r} is not a palette index"
+                    )
+                    continue
+            elif not expr.anno_ids:
+                problems.add(self.meta_path, expr.entry, "no object id: its ground truth cannot be found")
+                continue
+            for folder in folder_of(expr):
+                if folder not in reported and not folder.is_dir():
+                    reported.add(folder)
+                    problems.add(folder, "", f"annotation folder missing (first needed by {expr.entry})")
+
+    def _rle_union(self, expr: Expression, mask_dict: dict[str, Any]) -> Iterator[np.ndarray]:
         """Union of the RLEs of `expr.anno_ids`, frame by frame; absent (None/empty) entries add nothing."""
+        if not expr.anno_ids:
+            raise DatasetError(
+                f"{self.meta_path}: {expr.entry}: no 'anno_id': its ground truth cannot be found"
+            )
         lists = []
         for anno in expr.anno_ids:
             if anno not in mask_dict:
                 raise DatasetError(f"anno_id {anno} of {expr.key} missing from the mask file")
+            if not isinstance(mask_dict[anno], list) or len(mask_dict[anno]) != len(expr.frames):
+                raise DatasetError(f"anno_id {anno} of {expr.key}: not one mask per listed frame")
             lists.append(mask_dict[anno])
         size = expr.size or _first_rle_size(lists) or _image_size(expr)
         for i in range(len(expr.frames)):
             out = np.zeros(size, dtype=np.uint8)
-            for rles in lists:
-                rle = rles[i] if i < len(rles) else None
-                if rle:
-                    out += decode_rle(rle)  # uint8 sum like the official tools; > 0 is foreground
+            for anno, rles in zip(expr.anno_ids, lists):
+                if rles[i]:
+                    try:
+                        out += decode_rle(rles[i])  # uint8 sum like the official tools; > 0 is foreground
+                    except (DatasetError, ValueError) as exc:
+                        raise DatasetError(f"anno_id {anno} frame {expr.frames[i]!r}: {exc}") from exc
             yield out
 
     def _png_union(
@@ -191,9 +296,10 @@ class RVOSDataset:
 
 
 def _first_rle_size(lists: Sequence[Sequence[Any]]) -> tuple[int, int] | None:
+    """The size of the first valid RLE (malformed ones are reported where they are decoded)."""
     for rles in lists:
         for rle in rles:
-            if rle:
+            if rle and rle_problem(rle) is None:
                 return int(rle["size"][0]), int(rle["size"][1])
     return None
 
@@ -201,14 +307,6 @@ def _first_rle_size(lists: Sequence[Sequence[Any]]) -> tuple[int, int] | None:
 def _image_size(expr: Expression) -> tuple[int, int]:
     info = expr.reader().info
     return info.height, info.width
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    return [str(value)]
 
 
 class RefYouTubeVOS(RVOSDataset):
@@ -223,27 +321,32 @@ class RefYouTubeVOS(RVOSDataset):
     default_split = "valid"
     submission_prefix = "Annotations"
 
-    def expressions(self) -> list[Expression]:
-        videos = self._read_meta(self.root / "meta_expressions" / self.split / "meta_expressions.json")
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "meta_expressions" / self.split / "meta_expressions.json"
+
+    def parse(self, problems: Problems) -> list[Expression]:
         out = []
-        for vid, data in videos.items():
-            frame_dir = self.root / self.split / "JPEGImages" / safe_relpath(vid)
+        for vid, data, frames in self._videos(problems):
+            frame_dir = self.root / self.split / "JPEGImages" / vid
             if not frame_dir.is_dir():
                 continue
-            for exp_id, exp in data["expressions"].items():
-                out.append(
-                    Expression(
-                        self.name, self.split, vid, str(exp_id), exp["exp"], list(data["frames"]), frame_dir,
-                        obj_ids=_as_list(exp.get("obj_id")),
-                    )
-                )  # fmt: skip
+            for exp_id, exp in expression_entries(self.meta_path, vid, data["expressions"], problems):
+                expr = self._expression(vid, exp_id, exp, frames, frame_dir, problems)
+                out += [expr] if expr else []
         return out
+
+    def annotation_problems(self, exprs: Sequence[Expression], problems: Problems) -> None:
+        if self.has_gt:
+            self._check_png_annotations(exprs, lambda e: [self._ann_dir(e)], problems, by_obj_id=True)
+
+    def _ann_dir(self, expr: Expression) -> Path:
+        return self.root / self.split / "Annotations" / safe_relpath(expr.video)
 
     def gt_masks(self, expr: Expression) -> Iterator[np.ndarray]:
         if not self.has_gt:
             return super().gt_masks(expr)
-        ann_dir = self.root / self.split / "Annotations" / safe_relpath(expr.video)
-        return self._png_union(expr, ann_dir, [int(o) for o in expr.obj_ids])
+        return self._png_union(expr, self._ann_dir(expr), [int(o) for o in expr.obj_ids])
 
 
 class RefDAVIS17(RVOSDataset):
@@ -258,36 +361,48 @@ class RefDAVIS17(RVOSDataset):
     splits = {"train": True, "valid": True}
     default_split = "valid"
 
-    def expressions(self) -> list[Expression]:
-        videos = self._read_meta(self.root / "meta_expressions" / self.split / "meta_expressions.json")
-        counter = {}
-        n = 0
-        for vid in sorted(videos):
-            for exp_id in sorted(str(e) for e in videos[vid]["expressions"]):
-                counter[(vid, exp_id)] = str(n)
-                n += 1
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "meta_expressions" / self.split / "meta_expressions.json"
+
+    @property
+    def mask_path(self) -> Path:
+        return self.root / self.split / "mask_dict.pkl"
+
+    def parse(self, problems: Problems) -> list[Expression]:
+        videos = read_json_object(self.meta_path, "videos")
+        counter: dict[tuple[str, str], str] = {}
+        for vid in sorted(videos):  # over every key, as DecAF counts them
+            exps = videos[vid].get("expressions") if isinstance(videos[vid], dict) else None
+            for exp_id in sorted(str(e) for e in exps) if isinstance(exps, dict) else []:
+                counter[(vid, exp_id)] = str(len(counter))
         out = []
-        for vid, data in videos.items():
-            frame_dir = self.root / self.split / "JPEGImages" / safe_relpath(vid)
-            for exp_id, exp in data["expressions"].items():
-                out.append(
-                    Expression(
-                        self.name, self.split, vid, str(exp_id), exp["exp"], list(data["frames"]), frame_dir,
-                        obj_ids=_as_list(exp.get("obj_id")), anno_ids=[counter[(vid, str(exp_id))]],
-                    )
-                )  # fmt: skip
+        for vid, data, frames in video_entries(self.meta_path, videos, problems):
+            frame_dir = self.root / self.split / "JPEGImages" / vid
+            for exp_id, exp in expression_entries(self.meta_path, vid, data["expressions"], problems):
+                expr = self._expression(vid, exp_id, {**exp, "anno_id": None}, frames, frame_dir, problems)
+                if expr:
+                    expr.anno_ids = [counter[(vid, exp_id)]]
+                    out.append(expr)
         return out
 
     @cached_property
-    def _mask_dict(self) -> dict[str, list[Any]] | None:
-        path = self.root / self.split / "mask_dict.pkl"
-        return load_mask_dict(path) if path.is_file() else None
+    def _mask_dict(self) -> dict[str, Any] | None:
+        return read_mask_file(self.mask_path) if self.mask_path.is_file() else None
+
+    def annotation_problems(self, exprs: Sequence[Expression], problems: Problems) -> None:
+        if self.mask_path.is_file():
+            self._check_rle_annotations(exprs, self.mask_path, problems)
+        else:
+            self._check_png_annotations(exprs, lambda e: [self._ann_dir(e)], problems, by_obj_id=True)
+
+    def _ann_dir(self, expr: Expression) -> Path:
+        return self.root / self.split / "Annotations" / safe_relpath(expr.video)
 
     def gt_masks(self, expr: Expression) -> Iterator[np.ndarray]:
         if self._mask_dict is not None:
             return self._rle_union(expr, self._mask_dict)
-        ann_dir = self.root / self.split / "Annotations" / safe_relpath(expr.video)
-        return self._png_union(expr, ann_dir, [int(o) for o in expr.obj_ids])
+        return self._png_union(expr, self._ann_dir(expr), [int(o) for o in expr.obj_ids])
 
 
 class MeViS(RVOSDataset):
@@ -298,24 +413,30 @@ class MeViS(RVOSDataset):
     splits = {"train": True, "valid_u": True, "valid": False}
     default_split = "valid_u"
 
-    def expressions(self) -> list[Expression]:
-        base = self.root / self.split
-        videos = self._read_meta(base / "meta_expressions.json")
+    @property
+    def meta_path(self) -> Path:
+        return self.root / self.split / "meta_expressions.json"
+
+    @property
+    def mask_path(self) -> Path:
+        return self.root / self.split / "mask_dict.json"
+
+    def parse(self, problems: Problems) -> list[Expression]:
         out = []
-        for vid, data in videos.items():
-            frame_dir = base / "JPEGImages" / safe_relpath(vid)
-            for exp_id, exp in data["expressions"].items():
-                out.append(
-                    Expression(
-                        self.name, self.split, vid, str(exp_id), exp["exp"], list(data["frames"]), frame_dir,
-                        obj_ids=_as_list(exp.get("obj_id")), anno_ids=_as_list(exp.get("anno_id")),
-                    )
-                )  # fmt: skip
+        for vid, data, frames in self._videos(problems):
+            frame_dir = self.root / self.split / "JPEGImages" / vid
+            for exp_id, exp in expression_entries(self.meta_path, vid, data["expressions"], problems):
+                expr = self._expression(vid, exp_id, exp, frames, frame_dir, problems)
+                out += [expr] if expr else []
         return out
 
     @cached_property
-    def _mask_dict(self) -> dict[str, list[Any]]:
-        return load_mask_dict(self.root / self.split / "mask_dict.json")
+    def _mask_dict(self) -> dict[str, Any]:
+        return read_mask_file(self.mask_path)
+
+    def annotation_problems(self, exprs: Sequence[Expression], problems: Problems) -> None:
+        if self.has_gt:
+            self._check_rle_annotations(exprs, self.mask_path, problems)
 
     def gt_masks(self, expr: Expression) -> Iterator[np.ndarray]:
         if not self.has_gt:
@@ -332,31 +453,74 @@ class ReVOS(RVOSDataset):
     splits = {"valid": True, "train": True}
     default_split = "valid"
 
-    def expressions(self) -> list[Expression]:
-        videos = self._read_meta(self.root / f"meta_expressions_{self.split}_.json")
+    @property
+    def meta_path(self) -> Path:
+        return self.root / f"meta_expressions_{self.split}_.json"
+
+    @property
+    def mask_path(self) -> Path:
+        return self.root / "mask_dict.json"
+
+    @property
+    def foreground_path(self) -> Path:
+        return self.root / "mask_dict_foreground.json"
+
+    def parse(self, problems: Problems) -> list[Expression]:
         out = []
-        for vid, data in videos.items():
-            size = (int(data["height"]), int(data["width"])) if "height" in data and "width" in data else None
-            for exp_id, exp in data["expressions"].items():
+        for vid, data, frames in self._videos(problems):
+            size = None
+            if "height" in data or "width" in data:
+                h, w = data.get("height"), data.get("width")
+                if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+                    problems.add(self.meta_path, f"video {vid!r}", f"height/width {h!r}/{w!r} are not sizes")
+                    continue
+                size = (h, w)
+            for exp_id, exp in expression_entries(self.meta_path, vid, data["expressions"], problems):
                 type_id = exp.get("type_id")
-                out.append(
-                    Expression(
-                        self.name, self.split, vid, str(exp_id), exp["exp"], list(data["frames"]),
-                        self.root / "JPEGImages" / safe_relpath(vid),
-                        obj_ids=_as_list(exp.get("obj_id")), anno_ids=_as_list(exp.get("anno_id")),
-                        type_id=None if type_id is None else int(type_id), size=size,
-                    )
-                )  # fmt: skip
+                if type_id not in (0, 1, 2) or isinstance(type_id, bool):
+                    problems.add(self.meta_path, f"video {vid!r} expression {exp_id!r}",
+                                 f"type_id {type_id!r} is not 0 (referring), 1 (reasoning) or 2")  # fmt: skip
+                    continue
+                expr = self._expression(
+                    vid,
+                    exp_id,
+                    exp,
+                    frames,
+                    self.root / "JPEGImages" / vid,
+                    problems,
+                    type_id=type_id,
+                    size=size,
+                )
+                out += [expr] if expr else []
         return out
 
     @cached_property
-    def _mask_dict(self) -> dict[str, list[Any]]:
-        return load_mask_dict(self.root / "mask_dict.json")
+    def _mask_dict(self) -> dict[str, Any]:
+        return read_mask_file(self.mask_path)
 
     @cached_property
     def _foreground(self) -> dict[str, Any] | None:
-        path = self.root / "mask_dict_foreground.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json_object(self.foreground_path) if self.foreground_path.is_file() else None
+
+    def annotation_problems(self, exprs: Sequence[Expression], problems: Problems) -> None:
+        self._check_rle_annotations(exprs, self.mask_path, problems)
+        try:
+            foreground = self._foreground
+        except DatasetError as exc:
+            problems.items.append(str(exc))
+            return
+        if foreground is None:
+            return
+        for vid, frames, size in {(e.video, tuple(e.frames), e.size) for e in exprs}:
+            entry = foreground.get(vid)
+            rles = entry.get("masks_rle") if isinstance(entry, dict) else None
+            if not isinstance(rles, list) or len(rles) != len(frames):
+                problems.add(self.foreground_path, f"video {vid!r}",
+                             f"needs 'masks_rle' with one mask per listed frame ({len(frames)})")  # fmt: skip
+                continue
+            bad = next(((i, p) for i, r in enumerate(rles) if r and (p := rle_problem(r, size))), None)
+            if bad:
+                problems.add(self.foreground_path, f"video {vid!r} frame {frames[bad[0]]!r}", bad[1])
 
     def gt_masks(self, expr: Expression) -> Iterator[np.ndarray]:
         return self._rle_union(expr, self._mask_dict)
@@ -364,9 +528,10 @@ class ReVOS(RVOSDataset):
     def foreground_masks(self, expr: Expression) -> Iterator[np.ndarray] | None:
         if self._foreground is None:
             return None
-        if expr.video not in self._foreground:
-            raise DatasetError(f"video {expr.video!r} missing from mask_dict_foreground.json")
-        return (decode_rle(rle) for rle in self._foreground[expr.video]["masks_rle"])
+        entry = self._foreground.get(expr.video)
+        if not isinstance(entry, dict) or not isinstance(entry.get("masks_rle"), list):
+            raise DatasetError(f"video {expr.video!r} missing from {self.foreground_path}")
+        return (decode_rle(rle) for rle in entry["masks_rle"])
 
 
 class ReasonVOS(RVOSDataset):
@@ -386,29 +551,40 @@ class ReasonVOS(RVOSDataset):
     def _v2(self) -> bool:
         return (self.root / "meta_expressions_v2.json").is_file()
 
-    def expressions(self) -> list[Expression]:
-        if self._v2:
-            videos = self._read_meta(self.root / "meta_expressions_v2.json")
-        else:
-            original = self._read_meta(self.root / "meta_expressions.json")
-            videos = {vid: reformat_reasonvos_video(vid, original[vid]) for vid in sorted(original)}
+    @property
+    def meta_path(self) -> Path:
+        return self.root / ("meta_expressions_v2.json" if self._v2 else "meta_expressions.json")
+
+    @property
+    def mask_path(self) -> Path:
+        return self.root / "mask_dict_v2.pkl"
+
+    def parse(self, problems: Problems) -> list[Expression]:
         out = []
-        for vid, data in videos.items():
-            frame_dir = self.root / "JPEGImages" / safe_relpath(vid)
-            for exp_id, exp in data["expressions"].items():
-                out.append(
-                    Expression(
-                        self.name, self.split, vid, str(exp_id), exp["exp"], list(data["frames"]), frame_dir,
-                        obj_ids=_as_list(exp.get("obj_id")), anno_ids=_as_list(exp.get("anno_id")),
-                        extra={"is_sent": exp.get("is_sent"), "source": data.get("source")},
-                    )
-                )  # fmt: skip
+        for vid, data, frames in self._videos(problems):
+            if not self._v2:
+                data = reformat_reasonvos_video(vid, data, self.meta_path, problems)
+            frame_dir = self.root / "JPEGImages" / vid
+            for exp_id, exp in expression_entries(self.meta_path, vid, data["expressions"], problems):
+                extra = {"is_sent": exp.get("is_sent"), "source": data.get("source")}
+                expr = self._expression(vid, exp_id, exp, frames, frame_dir, problems, extra=extra)
+                out += [expr] if expr else []
         return out
 
     @cached_property
-    def _mask_dict(self) -> dict[str, list[Any]] | None:
-        path = self.root / "mask_dict_v2.pkl"
-        return load_mask_dict(path) if self._v2 and path.is_file() else None
+    def _mask_dict(self) -> dict[str, Any] | None:
+        return read_mask_file(self.mask_path) if self._v2 and self.mask_path.is_file() else None
+
+    def annotation_problems(self, exprs: Sequence[Expression], problems: Problems) -> None:
+        if self._v2 and self.mask_path.is_file():
+            self._check_rle_annotations(exprs, self.mask_path, problems)
+        else:
+            self._check_png_annotations(
+                exprs, lambda e: [self._ann_dir(a) for a in e.anno_ids], problems, by_obj_id=False
+            )
+
+    def _ann_dir(self, anno: str) -> Path:
+        return self.root / "Annotations" / safe_relpath(anno)
 
     def gt_masks(self, expr: Expression) -> Iterator[np.ndarray]:
         if self._mask_dict is not None:
@@ -416,22 +592,45 @@ class ReasonVOS(RVOSDataset):
         return self._annotation_union(expr)
 
     def _annotation_union(self, expr: Expression) -> Iterator[np.ndarray]:
-        per_object = [
-            self._png_union(expr, self.root / "Annotations" / safe_relpath(a), None) for a in expr.anno_ids
-        ]
+        if not expr.anno_ids:
+            raise DatasetError(
+                f"{self.meta_path}: {expr.entry}: no object id: its ground truth cannot be found"
+            )
+        per_object = [self._png_union(expr, self._ann_dir(a), None) for a in expr.anno_ids]
         for masks in zip(*per_object):
             yield np.sum(masks, axis=0).astype(np.uint8)
 
 
-def reformat_reasonvos_video(video: str, data: dict[str, Any]) -> dict[str, Any]:
+def reformat_reasonvos_video(
+    video: str,
+    data: dict[str, Any],
+    path: Path | str = "meta_expressions.json",
+    problems: Problems | None = None,
+) -> dict[str, Any]:
     """One video of the original ReasonVOS JSON in DecAF's v2 dict form (same exp_id renumbering).
 
     A repeated exp_id takes the id, and the expression it displaces moves to the first free id above the
     current maximum — so the ids, and the prediction folders, match DecAF's meta_expressions_v2.json.
+    Malformed items go to `problems` (raised at once without it) and are left out.
     """
+    own = problems is None
+    problems = Problems() if problems is None else problems
     source = data.get("source", "")
+    items = data["expressions"]
     exprs: dict[str, dict[str, Any]] = {}
-    for item in data["expressions"]:
+    if not isinstance(items, list):
+        problems.add(path, f"video {video!r}", f"'expressions' is a {type(items).__name__}, expected a list")
+        items = []
+    for n, item in enumerate(items):
+        ok = isinstance(item, dict) and all(k in item for k in ("exp_id", "obj_id", "exp_text"))
+        if not ok or id_list(item["exp_id"]) is None or id_list(item["obj_id"]) is None:
+            problems.add(path, f"video {video!r} expression #{n}", "needs 'exp_id', 'obj_id' and 'exp_text'")
+            continue
+        if not str(item["exp_id"]).lstrip("-").isdigit():
+            problems.add(
+                path, f"video {video!r} expression #{n}", f"exp_id {item['exp_id']!r} is not a number"
+            )
+            continue
         exp_id = str(item["exp_id"])
         obj_id = item["obj_id"]
         entry = {
@@ -447,6 +646,8 @@ def reformat_reasonvos_video(video: str, data: dict[str, Any]) -> dict[str, Any]
             while str(new_id) in exprs:
                 new_id += 1
             exprs[str(new_id)] = displaced
+    if own:
+        problems.raise_if_any(str(path))
     return {"source": source, "frames": data["frames"], "expressions": exprs}
 
 

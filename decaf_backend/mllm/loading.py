@@ -52,9 +52,42 @@ def _make_qwen_adapter(
     return QwenVLAdapter(model, processor, config, name=name, random_weights=random)
 
 
+def _load_auto(path: str, model_type: str, device: Any, dtype: Any) -> tuple[Any, Any]:
+    """LLaVA-OneVision, InternVL3 (-hf) and Qwen3-VL: transformers' own classes and processors."""
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    model = model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    if model_type == "llava_onevision":  # the reference's slow (PIL) processor: exact anyres pixels
+        try:
+            processor.image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+        except Exception as exc:  # noqa: BLE001 - the torchvision backend differs by ~1e-5 in rollouts only
+            log.debug("PIL image processor unavailable for %s: %s", path, exc)
+    return model, processor
+
+
+def _make_family_adapter(
+    model: Any, processor: Any, config: DecafConfig, name: str, random: bool
+) -> MLLMAdapter:
+    from .internvl import InternVLAdapter
+    from .llava_onevision import LlavaOnevisionAdapter
+    from .qwen3_vl import Qwen3VLAdapter
+
+    adapters = {
+        "internvl": InternVLAdapter,
+        "llava_onevision": LlavaOnevisionAdapter,
+        "qwen3_vl": Qwen3VLAdapter,
+    }
+    return adapters[model.config.model_type](model, processor, config, name=name, random_weights=random)
+
+
 _FAMILIES: dict[str, tuple[Callable[..., tuple[Any, Any]], Callable[..., MLLMAdapter]]] = {
     "qwen2_5_vl": (_load_qwen, _make_qwen_adapter),
     "qwen2_vl": (_load_qwen, _make_qwen_adapter),
+    "internvl": (_load_auto, _make_family_adapter),
+    "llava_onevision": (_load_auto, _make_family_adapter),
+    "qwen3_vl": (_load_auto, _make_family_adapter),
 }
 
 

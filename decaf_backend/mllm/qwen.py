@@ -30,7 +30,7 @@ from ..types import AttentionResult
 from . import prompts
 from .qk_capture import capture_qk
 
-__all__ = ["QWEN_MODEL_TYPES", "QwenVLAdapter", "smart_resize", "video_frame_size"]
+__all__ = ["QWEN_MODEL_TYPES", "QwenVLAdapter", "resize_frame", "smart_resize", "video_frame_size"]
 
 QWEN_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 
@@ -68,11 +68,11 @@ def video_frame_size(height: int, width: int, tokens_per_frame: int, factor: int
     return smart_resize(height, width, factor, _MIN_PIXELS, tokens_per_frame * factor * factor)
 
 
-def _resize(frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+def resize_frame(frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB")
     if image.size != (size_hw[1], size_hw[0]):  # bicubic: PIL's default, as in qwen-vl-utils
         image = image.resize((size_hw[1], size_hw[0]), Image.Resampling.BICUBIC)
-    return np.asarray(image)
+    return np.array(image)  # writable: torch.from_numpy warns on read-only arrays
 
 
 @dataclass
@@ -142,8 +142,7 @@ class QwenVLAdapter:
         return self._both_levels(video_frames, question, generate=False)
 
     def choose_object(self, expression: str, candidates: Sequence[str]) -> str:
-        question = prompts.object_choice_prompt(expression, candidates, self._version("choice"))
-        ids = self._prompt_ids(question, None, 0).to(self.device)
+        ids = self.choice_prompt_ids(expression, candidates).to(self.device)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), **self._generation_kwargs()
@@ -151,6 +150,11 @@ class QwenVLAdapter:
         return self._decode(out[:, ids.shape[1] :])[0].lower()
 
     # ----- building blocks (public for tests and other callers) -----
+
+    def choice_prompt_ids(self, expression: str, candidates: Sequence[str]) -> torch.Tensor:
+        """(1, L) ids of the text-only object-choice prompt (§2 call 3)."""
+        question = prompts.object_choice_prompt(expression, candidates, self._version("choice"))
+        return self._prompt_ids(question, None, 0)
 
     def video_level(
         self, video_frames: Sequence[np.ndarray], question: str, generate: bool
@@ -192,7 +196,7 @@ class QwenVLAdapter:
         key = _cache_key("video", size, frames)
         if (cached := self._cached(key)) is not None:
             return cached
-        clip = [_resize(f, size) for f in frames]
+        clip = [resize_frame(f, size) for f in frames]
         if len(clip) % self.temporal_patch_size:  # qwen-vl-utils: repeat the last frame up to an even count
             clip += [clip[-1]] * (self.temporal_patch_size - len(clip) % self.temporal_patch_size)
         processed = self.processor.video_processor(
@@ -213,7 +217,7 @@ class QwenVLAdapter:
         grids, features = [], []
         step = max(1, int(self.config.frame_batch_size))
         for start in range(0, len(frames), step):
-            images = [_resize(f, size) for f in frames[start : start + step]]
+            images = [resize_frame(f, size) for f in frames[start : start + step]]
             processed = self.processor.image_processor(images=images, do_resize=False, return_tensors="pt")
             grid = processed["image_grid_thw"].to(self.device)
             with torch.inference_mode():

@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import DecafError
 from .loading import RANDOM_WEIGHTS_MARKER
 
-__all__ = ["TINY_KINDS", "build_tiny_qwen", "byte_level_tokenizer"]
+__all__ = ["TINY_KINDS", "build_tiny_qwen", "byte_level_tokenizer", "save_tiny"]
 
 TINY_KINDS = ("qwen2_5_vl", "qwen2_vl")
 
@@ -68,8 +68,11 @@ def _byte_symbols() -> list[str]:
     return [symbols[b] for b in range(256)]
 
 
-def byte_level_tokenizer() -> Any:
-    """An offline tokenizer with no merges: every byte is one token (ids 0..255), specials 256..262."""
+def byte_level_tokenizer(
+    special_tokens: tuple[str, ...] = SPECIAL_TOKENS,
+    extra_special_tokens: dict[str, str] | None = None,
+) -> Any:
+    """An offline tokenizer with no merges: every byte is one token (ids 0..255), specials from 256 on."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -77,12 +80,14 @@ def byte_level_tokenizer() -> Any:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
+    if extra_special_tokens is None:
+        extra_special_tokens = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        extra_special_tokens=extra_special_tokens,
     )
 
 
@@ -157,7 +162,6 @@ def build_tiny_qwen(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
     if kind not in TINY_KINDS:
         raise DecafError(f"unknown tiny model kind {kind!r}: use one of {', '.join(TINY_KINDS)}")
     import torch
-    from transformers import GenerationConfig
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +177,16 @@ def build_tiny_qwen(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
     }
     torch.manual_seed(seed)
     model = _model(kind, ids).eval()
+    return save_tiny(model, _processor(kind, tokenizer), out, kind, seed, ids, _VOCAB)
+
+
+def save_tiny(
+    model: Any, processor: Any, out: Path, kind: str, seed: int, ids: dict[str, int], vocab: int
+) -> Path:
+    """Sharpen the random attention, label the checkpoint as random, save model + processor into `out`."""
+    import torch
+    from transformers import GenerationConfig
+
     with torch.no_grad():
         for layer in model.model.language_model.layers:
             layer.self_attn.q_proj.weight.mul_(_QK_GAIN)
@@ -184,10 +198,10 @@ def build_tiny_qwen(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
         eos_token_id=ids["eos"],
         pad_token_id=ids["pad"],
         do_sample=False,
-        suppress_tokens=[i for i in range(_VOCAB) if i not in allowed],
+        suppress_tokens=[i for i in range(vocab) if i not in allowed],
     )
     model.save_pretrained(out)
-    _processor(kind, tokenizer).save_pretrained(out)
+    processor.save_pretrained(out)
     (out / RANDOM_WEIGHTS_MARKER).write_text(
         f"Tiny random-weight {kind} checkpoint made by decaf_backend (seed {seed}): outputs are meaningless.\n"
     )

@@ -1,0 +1,87 @@
+"""SAM2 stage A with N candidate points on one key frame: batched (ours) against one object at a time.
+
+16 key frames of a moving disc; N candidates on a regular grid over key frame 0 (the disc's cells among
+them), so NMS keeps several and they are tracked over all key frames. Both runs use the same predictor
+and its key-frame feature cache, so the difference is the batching alone. The sam2 checkpoint is the
+tiny random one unless --sam2 names another (any `load_sam2_predictor` source).
+
+    python benchmarks/bench_stage_a.py --candidates 1 8 46
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_pipeline import disc_frames
+
+from decaf_backend.points import FramePoints
+from decaf_backend.sam2.loading import load_sam2_predictor
+from decaf_backend.sam2.tiny import build_tiny_sam2
+from decaf_backend.tracking import run_stage_a
+
+
+def grid_candidates(n: int, num_frames: int) -> list[FramePoints | None]:
+    """n points on a near-square grid over key frame 0, fused values decreasing in raster order."""
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    ij = [(i, j) for i in range(rows) for j in range(cols)][:n]
+    xy = np.array([((j + 0.5) / cols, (i + 0.5) / rows) for i, j in ij], dtype=np.float32)
+    values = np.linspace(1.0, 0.8, n, dtype=np.float32)
+    return [FramePoints(xy, np.array(ij, np.int64), values)] + [None] * (num_frames - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--candidates", type=int, nargs="+", default=[1, 8, 46])
+    parser.add_argument("--key-frames", type=int, default=16)
+    parser.add_argument("--height", type=int, default=96)
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--sam2", default=None, help="default: the tiny random SAM2")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="decaf-stage-a-") as tmp:
+        source = args.sam2 or build_tiny_sam2(Path(tmp) / "sam2")
+        predictor = load_sam2_predictor(source, device=args.device)
+        frames = list(disc_frames(args.key_frames, args.height, args.width))
+        print(f"sam2={predictor!r} key frames={len(frames)} {args.width}x{args.height}")
+        rows = []
+        for n in args.candidates:
+            points = grid_candidates(n, len(frames))
+            times, results = {}, {}
+            for batched in (False, True):
+                start = time.perf_counter()
+                results[batched] = run_stage_a(predictor, frames, points, batch_objects=batched)
+                if predictor.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[batched] = time.perf_counter() - start
+            same = len(results[True].tracklets) == len(results[False].tracklets) and all(
+                np.array_equal(a.packed, b.packed)
+                for a, b in zip(results[True].tracklets, results[False].tracklets)
+            )
+            row = {
+                "candidates": n,
+                "kept": len(results[True].tracklets),
+                "one_by_one_s": round(times[False], 3),
+                "batched_s": round(times[True], 3),
+                "speedup": round(times[False] / max(times[True], 1e-9), 2),
+                "masks_equal": same,
+            }
+            rows.append(row)
+            print(
+                f"candidates {n:3d} kept {row['kept']:3d}  one by one {times[False]:8.2f} s  "
+                f"batched {times[True]:8.2f} s  speedup {row['speedup']:.2f}x  masks equal {same}"
+            )
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
