@@ -243,6 +243,9 @@ def _start_backend(
         LABEL_STUDIO_URL=ls.url,
         LABEL_STUDIO_API_KEY=ls.token,
         MODEL_DIR=str(data_dir / "backend"),
+        LOCAL_FILES_DOCUMENT_ROOT=str(
+            ls.media_root
+        ),  # the imported frames are read from disk, not downloaded
         DECAF_PRELOAD="true",
         PYTHONPATH=os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p),
     )
