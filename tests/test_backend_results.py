@@ -59,7 +59,7 @@ def test_brush_items_have_item_index_size_labels_and_decode_back() -> None:
     back = masks_from_brush_items(items, 5, 24, 40)
     np.testing.assert_array_equal(back.to_array(), masks.to_array())
     assert [i["item_index"] for i in brush_items(masks, OBJ, schema, skip_empty=True)] == [0, 1, 3, 4]
-    with pytest.raises(ValueError, match="not 20x40"):
+    with pytest.raises(ValueError, match="not describe a 40x20"):
         decode_brush(items[0], 20, 40)
 
 
