@@ -77,6 +77,7 @@ def _segment(args: argparse.Namespace) -> int:
         "scores": seg.scores,
         "timings_s": {k: round(v, 4) for k, v in seg.timings.items()},
         "mask_area_per_frame": areas,
+        "confidence_per_frame": seg.frame_confidence,  # SAM2's signals in [0, 1] (README: what the model thought)
         "masks_dir": str(mask_dir),
         "overlay": str(overlay_path) if overlay_path else None,
         "models": {"mllm": args.mllm, "sam2": args.sam2},

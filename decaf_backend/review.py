@@ -54,7 +54,8 @@ def frames_to_check(
 ) -> list[FrameToCheck]:
     """Up to `limit` frames, riskiest first, at least `min_gap` frames apart (default: 2% of the video, ≥ 1).
 
-    Frames whose risk stays below MIN_RISK are not listed, so a clean, confident track gives an empty list.
+    Frames whose risk stays below MIN_RISK, or whose signals all stay below the thresholds that name a reason,
+    are not listed, so a clean, confident track gives an empty list.
     """
     n = len(geometry.areas)
     if n == 0 or limit <= 0:
@@ -73,8 +74,8 @@ def frames_to_check(
     scored = []
     for f, parts in enumerate(risks):
         risk = max((r for r, _ in parts), default=0.0)
-        if risk >= MIN_RISK:
-            reasons = tuple(label for _, label in sorted(parts, key=lambda p: -p[0]) if label)
+        reasons = tuple(label for _, label in sorted(parts, key=lambda p: -p[0]) if label)
+        if risk >= MIN_RISK and reasons:  # a frame is listed for a reason the annotator can read
             conf = None if confidence is None else float(confidence[f])
             scored.append(FrameToCheck(f, min(1.0, risk), reasons, conf))
     scored.sort(key=lambda c: (-c.risk, c.frame))

@@ -208,13 +208,15 @@ def test_video_track_carries_confidence_per_keyframe_and_the_frames_to_check() -
     pred = segmentation_prediction([(OBJ, seg)], schema, "v1")
     (track,) = [r for r in pred["result"] if r["type"] == "videorectangle"]
     keys = {k["frame"]: k for k in track["value"]["sequence"]}
+    clock = VideoClock(seg.video.fps, schema.framerate, seg.video.num_frames)  # 10 fps shown at 25
     for f, c in enumerate(seg.frame_confidence):
-        if f + 1 in keys:
-            assert keys[f + 1]["score"] == pytest.approx(c, abs=1e-4)
+        if clock.to_ls(f) in keys:
+            assert keys[clock.to_ls(f)]["score"] == pytest.approx(c, abs=1e-4)
     assert track["score"] == pytest.approx(summary_score(seg.frame_confidence), abs=1e-4)
-    assert "check first: frame 4 (" in track["meta"]["text"]
+    weakest = f"frame {clock.to_ls(3)} ("  # the player's frame of decoded frame 3
+    assert f"check first: {weakest}" in track["meta"]["text"]
     (review,) = [r for r in pred["result"] if r["type"] == "textarea"]
-    assert review["to_name"] == "video" and review["value"]["text"][2].startswith("Check first: frame 4 (")
+    assert review["to_name"] == "video" and review["value"]["text"][2].startswith(f"Check first: {weakest}")
 
 
 def test_the_most_doubtful_object_sets_the_prediction_score() -> None:

@@ -54,6 +54,8 @@ def test_segment_writes_a_mask_per_frame_overlay_and_summary(tiny_models, synthe
         assert p["frame"] in summary["key_frame_indices"]
         assert 0 <= p["x"] <= width and 0 <= p["y"] <= height
     assert len(summary["mask_area_per_frame"]) == num_frames
+    confidence = summary["confidence_per_frame"]  # from the tiny SAM2's own signals in stage B
+    assert len(confidence) == num_frames and all(0.0 <= c <= 1.0 for c in confidence)
     areas = [int((np.asarray(Image.open(p)) > 0).sum()) for p in masks]
     assert areas == summary["mask_area_per_frame"]
     overlay = Path(summary["overlay"])

@@ -21,6 +21,7 @@ from .schema import ObjectSpec, Schema
 
 REVIEW_REGION_ID = "decaf-review"
 FRAMES_TO_CHECK = 5
+NAME_CHARS = 60  # the MLLM's short answer, cut where it is not short (random test weights ramble)
 
 
 def region_id(obj: ObjectSpec, frame: int | None = None) -> str:
@@ -250,7 +251,8 @@ def _chosen_text(seg: VideoSegmentation) -> str:
     if not seg.prompt:
         return f"Object '{seg.object_name}' from clicks (no prompt)"
     weights = " [random test weights]" if seg.random_weights else ""
-    return f"MLLM chose '{seg.object_name}' for the prompt '{seg.prompt}'{weights}"
+    name = seg.object_name if len(seg.object_name) <= NAME_CHARS else seg.object_name[: NAME_CHARS - 1] + "…"
+    return f"MLLM chose '{name}' for the prompt '{seg.prompt}'{weights}"
 
 
 def object_items(
