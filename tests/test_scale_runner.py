@@ -210,3 +210,44 @@ def test_backend_lane_returns_the_backend_s_prediction_as_a_future(local_ray: No
     finally:
         fake.close()
     assert got == expected and len(got["result"]) == len(names)
+
+
+def test_the_backend_hands_a_large_batch_to_ray_and_corrects_from_what_the_workers_stored(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """A Retrieve-predictions batch of DECAF_RAY_BATCH_MIN tasks goes to the Ray workers (the server process never
+    loads a model for it); the predictions equal an in-process run, and a click in the server process starts from
+    the segmentation the workers stored in the shared MODEL_DIR."""
+    from decaf_backend.backend.jobs import BATCH, REMOTE
+    from decaf_backend.backend.results import masks_from_brush_items
+    from decaf_backend.backend.runtime import Runtime
+    from decaf_backend.backend.server import create_app
+    from decaf_backend.backend.settings import Settings
+    from tests.backend_helpers import FakeLabelStudio, disc_and_square_frames, write_frames
+    from tests.test_backend_server import H, N, W, _click, _predict, _task
+
+    write_frames(tmp_path / "frames" / "clip", disc_and_square_frames(N, H, W))
+    fake = FakeLabelStudio(tmp_path)
+    tasks = [_task(1), _task(2, prompt="the red disc, again")]
+    common = {"label_studio_url": fake.url, "label_studio_api_key": fake.token, "preload": False}
+    waits = {"open_wait_s": 120.0, "batch_wait_s": 120.0, "interactive_wait_s": 120.0}
+    try:
+        settings = Settings(model_dir=tmp_path / "ray", ray_workers=2, ray_batch_min=2, **common, **waits)
+        runtime = Runtime(settings, pipeline_factory=colour_pipeline)
+        assert runtime.batch_lane(1) == BATCH and runtime.batch_lane(2) == REMOTE
+        try:
+            client = create_app(runtime).test_client()
+            remote = _predict(client, tasks).get_json()["results"]
+            assert not runtime.pipeline_loaded  # the batch ran in the workers, not here
+            corrected = _predict(client, [_task(1)], context={"result": [_click(5, 5, 2, positive=False)]})
+            assert corrected.status_code == 200 and runtime.pipeline_loaded
+        finally:
+            runtime.close()
+        here = Runtime(Settings(model_dir=tmp_path / "here", **common, **waits), colour_pipeline)
+        local = _predict(create_app(here).test_client(), tasks).get_json()["results"]
+    finally:
+        fake.close()
+    assert len(remote) == 2 and remote == local
+    # the click went to the stored segmentation of task 1: every frame answered, at the video's size
+    items = [r for r in corrected.get_json()["results"][0]["result"] if r.get("type") == "brushlabels"]
+    assert masks_from_brush_items(items, N, H, W).num_frames == N

@@ -1,7 +1,8 @@
 """Background jobs in two lanes: a context-less /predict never blocks past Label Studio's timeout.
 
 Each task to pre-annotate becomes a job of the *batch* lane (one worker: one device); webhook corrections go to
-the *interactive* lane's worker, so they never queue behind pre-annotation. A /predict waits for its jobs up to a
+the *interactive* lane's worker, so they never queue behind pre-annotation. Pre-annotation handed to Ray runs in
+the *remote* lane, with one waiting thread per Ray worker (the work itself runs in the Ray workers). A /predict waits for its jobs up to a
 deadline, then *settles* each one exactly once, under the queue's lock:
 - finished -> its prediction goes into the /predict reply (Label Studio stores it);
 - failed -> nothing for that task (Label Studio stores no prediction, so it asks again on the next open or
@@ -24,7 +25,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-BATCH, INTERACTIVE = "batch", "interactive"
+BATCH, INTERACTIVE, REMOTE = "batch", "interactive", "remote"
 
 
 @dataclass(eq=False)
@@ -69,14 +70,16 @@ class JobQueue:
         self,
         deliver: Callable[[Job], None],
         on_failure: Callable[[Job, BaseException], None] | None = None,
+        concurrency: dict[str, int] | None = None,
     ) -> None:
         self._deliver = deliver
+        self._concurrency = {BATCH: 1, INTERACTIVE: 1, REMOTE: 1, **(concurrency or {})}
         self._on_failure = on_failure
         self._jobs: dict[Hashable, Job] = {}  # queued, running, or finished but not settled/delivered yet
-        self._queues: dict[str, deque[Job]] = {BATCH: deque(), INTERACTIVE: deque()}
+        self._queues: dict[str, deque[Job]] = {BATCH: deque(), INTERACTIVE: deque(), REMOTE: deque()}
         self._lock = threading.Lock()
         self._wake = {lane: threading.Condition(self._lock) for lane in self._queues}
-        self._workers: dict[str, threading.Thread] = {}
+        self._workers: dict[str, list[threading.Thread]] = {lane: [] for lane in self._queues}
         self.delivered = 0
         self.delivery_failures = 0
         self.failures = 0
@@ -154,12 +157,19 @@ class JobQueue:
             "failures": self.failures,
         }
 
+    def set_concurrency(self, lane: str, threads: int) -> None:
+        with self._lock:
+            self._concurrency[lane] = max(1, int(threads))
+
     def _ensure_worker(self, lane: str) -> None:
-        worker = self._workers.get(lane)
-        if worker is None or not worker.is_alive():
-            worker = threading.Thread(target=self._work, args=(lane,), name=f"decaf-{lane}", daemon=True)
-            self._workers[lane] = worker
+        alive = [w for w in self._workers[lane] if w.is_alive()]
+        active = sum(1 for j in self._jobs.values() if j.lane == lane and j.state in (QUEUED, RUNNING))
+        if len(alive) < min(self._concurrency[lane], active):  # one more thread only when jobs wait for it
+            name = f"decaf-{lane}-{len(alive)}"
+            worker = threading.Thread(target=self._work, args=(lane,), name=name, daemon=True)
+            alive.append(worker)
             worker.start()
+        self._workers[lane] = alive
 
     def _work(self, lane: str) -> None:
         queue = self._queues[lane]

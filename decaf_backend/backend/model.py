@@ -21,7 +21,7 @@ from ..types import Box, FrameMasks, VideoSegmentation
 from . import predictions as stored
 from .context import Frame, ObjectPrompts, is_interactive, parse_prompts
 from .errors import LabelConfigError, RequestError
-from .jobs import BATCH, DONE, FAILED, Job, describe_error
+from .jobs import BATCH, DONE, FAILED, REMOTE, Job, describe_error
 from .media import Media, media_key
 from .results import VideoClock, mask_bbox, prediction, segmentation_prediction
 from .runtime import Runtime, get_runtime
@@ -87,6 +87,7 @@ class DecafVideoModel:
     def prefill(self, tasks: Sequence[Any]) -> list[Any]:
         out: list[Any] = [None] * len(tasks)
         pending: list[tuple[int, Job]] = []
+        lane = self.runtime.batch_lane(len(tasks))  # large batches (or DECAF_RAY_ADDRESS): the Ray workers
         for i, task in enumerate(tasks):
             if not isinstance(task, Mapping) or "id" not in task:
                 raise RequestError("every task must be an object with an 'id'")
@@ -98,7 +99,8 @@ class DecafVideoModel:
                     task["id"],
                     content_digest(task.get("data"), self.label_config),
                 )
-                job = self.runtime.jobs.submit(key, task["id"], self._prelabel_run(task), self.project_id)
+                run = self._prelabel_run(task, lane)
+                job = self.runtime.jobs.submit(key, task["id"], run, self.project_id, lane=lane)
                 pending.append((i, job))
         wait = self.settings.open_wait_s if len(tasks) == 1 else self.settings.batch_wait_s
         if self.runtime.credentials(self.project_id) is None:
@@ -109,8 +111,9 @@ class DecafVideoModel:
             out[i] = self._reply_for(job)
         return out
 
-    def _prelabel_run(self, task: Mapping[str, Any]) -> Callable[[], dict[str, Any]]:
-        executor, runtime, project = self.runtime.executor, self.runtime, self.project_id
+    def _prelabel_run(self, task: Mapping[str, Any], lane: str = BATCH) -> Callable[[], dict[str, Any]]:
+        runtime, project = self.runtime, self.project_id
+        executor = runtime.remote_executor() if lane == REMOTE else runtime.executor
 
         def run() -> dict[str, Any]:
             try:

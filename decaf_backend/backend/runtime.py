@@ -17,7 +17,7 @@ from typing import Any
 
 from ..lru import BoundedCache
 from .corrections import CorrectionSessions
-from .jobs import Job, JobQueue
+from .jobs import BATCH, REMOTE, Job, JobQueue
 from .lanes import Lanes
 from .media import MediaFetcher
 from .metrics import Metrics
@@ -69,9 +69,35 @@ class Runtime:
         self.jobs = JobQueue(self._deliver, on_failure=self._job_failed)
         self.outbox = Outbox(settings.model_dir / "outbox", self._post_entry, on_failure=self._post_failed)
         self.executor: Any = LocalExecutor(self)
+        self._remote: RemoteExecutor | None = None
+        self._remote_lock = threading.Lock()
         self._setup_credentials: dict[Any, tuple[str, str]] = {}
         self._clients: dict[tuple[str, str], Any] = {}
         self._applied: BoundedCache[Hashable, Hashable] = BoundedCache(max_items=APPLIED_MEMORY)
+
+    # where pre-annotation runs ------------------------------------------------------------------------------
+    def batch_lane(self, tasks: int) -> str:
+        """REMOTE (Ray workers) when DECAF_RAY_ADDRESS is set, or for a batch of at least DECAF_RAY_BATCH_MIN
+        tasks when DECAF_RAY_WORKERS starts an embedded Ray; else BATCH (this process's model)."""
+        s = self.settings
+        if s.ray_address or (s.ray_workers > 0 and tasks >= max(1, s.ray_batch_min)):
+            return REMOTE
+        return BATCH
+
+    def remote_executor(self) -> RemoteExecutor:
+        """The Ray lane, started on first use (workers load the models once, then stay)."""
+        with self._remote_lock:
+            if self._remote is None:
+                self._remote = RemoteExecutor(self.settings, self._factory)
+                self.jobs.set_concurrency(REMOTE, self.settings.ray_workers or 4)
+            return self._remote
+
+    def close(self) -> None:
+        """Stop the Ray workers, if any were started."""
+        with self._remote_lock:
+            remote, self._remote = self._remote, None
+        if remote is not None:
+            remote.close()
 
     # models -----------------------------------------------------------------------------------------------
     @property
@@ -211,6 +237,27 @@ class Runtime:
             "jobs_delivered_total": jobs["delivered"],
             "jobs_delivery_failures_total": jobs["delivery_failures"],
         }
+
+
+class RemoteExecutor:
+    """Pre-annotation on Ray workers (decaf_backend/scale): each worker loads the models once and writes the
+    segmentations to the shared MODEL_DIR, where corrections in this process start from them."""
+
+    def __init__(self, settings: Settings, pipeline_factory: PipelineFactory) -> None:
+        from ..scale.backend_lane import RayBatchLane
+
+        self.lane = RayBatchLane(
+            settings,
+            address=settings.ray_address or None,
+            workers=settings.ray_workers or None,
+            pipeline_factory=pipeline_factory,
+        )
+
+    def predict(self, project_id: Any, label_config: str | None, task: dict[str, Any]) -> dict[str, Any]:
+        return self.lane.submit(project_id, label_config or "", task).result()
+
+    def close(self) -> None:
+        self.lane.close()
 
 
 class LocalExecutor:

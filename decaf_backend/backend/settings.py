@@ -47,6 +47,11 @@ class Settings:
         85.0  # DECAF_INTERACTIVE_WAIT_S: a correction waits this long for a running job
     )
     skip_empty_masks: bool = False  # DECAF_SKIP_EMPTY_MASKS: omit brush items of frames with an empty mask
+    ray_address: str = ""  # DECAF_RAY_ADDRESS: every pre-annotation goes to this Ray cluster's workers
+    ray_workers: int = (
+        0  # DECAF_RAY_WORKERS: large batches go to an embedded local Ray with N workers (0: off)
+    )
+    ray_batch_min: int = 8  # DECAF_RAY_BATCH_MIN: a Retrieve-predictions batch this large goes to Ray
     preload: bool = True  # DECAF_PRELOAD: load the models when `serve` starts, not on the first request
     host: str = "0.0.0.0"  # HOST
     port: int = 9090  # PORT
