@@ -329,7 +329,7 @@ class DecafPipeline:
 
     def start_session(self, seg: VideoSegmentation, video: Any = None) -> CorrectionSession:
         """A session in the segmentation's starting state: its live one if no prompt was applied to it yet,
-        else a fresh one over `video` (or the live session's frames) conditioned on `starting_masks(seg)`."""
+        else a fresh one over `video` (or the live session's frames) conditioned on the same starting masks."""
         live = seg.session if isinstance(seg.session, CorrectionSession) else None
         if live is not None and not live.prompts:
             return live
@@ -338,7 +338,10 @@ class DecafPipeline:
         if video is None:
             raise VideoError("the correction session is gone and no video was given to rebuild it")
         reader = open_video(video) if isinstance(video, (str, Path)) else video
-        return CorrectionSession(self.predictor, reader, starting_masks(seg))
+        # a corrected segmentation's own masks are not its starting state: its live session knows the starting
+        # masks; without one (after a restart) `seg` is the stored starting segmentation
+        start = live.prompt_masks if live is not None else starting_masks(seg)
+        return CorrectionSession(self.predictor, reader, start)
 
     rebuild_session = start_session
 
