@@ -332,6 +332,16 @@ def test_propagation_from_frame_zero_and_reset(predictor, video):
     assert [f for f, _, _ in propagate_all(predictor, state)] == list(range(NUM_FRAMES - 1, -1, -1))
 
 
+def test_a_video_first_prompted_on_frame_one_gets_a_mask_on_frame_zero(predictor, video):
+    """sam2 skips a backward pass that starts at frame 0: prompted on frame 1, frame 0 must still come back."""
+    state = predictor.init_state(video)
+    predictor.add_new_points_or_box(state, 1, 4, points=[[0.3, 0.5]])
+    order = [f for f, _, _ in propagate_all(predictor, state)]
+    assert order == [*range(1, NUM_FRAMES), 0]
+    seen = [f for f, _, _ in predictor.propagate_together(state, 0, 1, True)]
+    assert seen == [0]
+
+
 def test_click_after_propagation_refines_and_survives_repropagation(predictor, video):
     state = predictor.init_state(video)
     mask = np.zeros((HEIGHT, WIDTH), bool)

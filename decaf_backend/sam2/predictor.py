@@ -230,6 +230,9 @@ class Sam2VideoPredictor:
         reverse: bool = False,
     ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
         """Meta's propagation: yields (frame_idx, obj_ids, logits (n_obj, 1, H, W)) frame by frame."""
+        start_frame_idx, max_frame_num_to_track, skip = _reverse_to_frame_zero(
+            state, start_frame_idx, max_frame_num_to_track, reverse
+        )
         steps = self.model.propagate_in_video(
             state,
             start_frame_idx=start_frame_idx,
@@ -249,6 +252,8 @@ class Sam2VideoPredictor:
                         raise PromptError("nothing to propagate: add points, a box or a mask first") from exc
                     raise
                 self._signals.store_step(state, int(f), obj_ids)
+            if int(f) == skip:
+                continue
             if state.get(_FORGET_HISTORY):
                 self._forget_old_frames(state, int(f), reverse)
             yield int(f), list(obj_ids), _logits(logits)
@@ -265,6 +270,9 @@ class Sam2VideoPredictor:
         if not batched.can_propagate_together(self.model, state):
             yield from self.propagate_in_video(state, start_frame_idx, max_frame_num_to_track, reverse)
             return
+        start_frame_idx, max_frame_num_to_track, skip = _reverse_to_frame_zero(
+            state, start_frame_idx, max_frame_num_to_track, reverse
+        )
         steps = batched.propagate_together(
             self.model, state, start_frame_idx, max_frame_num_to_track, reverse
         )
@@ -274,7 +282,8 @@ class Sam2VideoPredictor:
                     f, obj_ids, logits = next(steps)
                 except StopIteration:
                     return
-            yield int(f), list(obj_ids), _logits(logits)
+            if int(f) != skip:
+                yield int(f), list(obj_ids), _logits(logits)
 
     def forget_tracking_history(self, state: dict[str, Any]) -> None:
         """Let propagation drop per-frame memories it will not read again (long videos, one-way states).
@@ -336,6 +345,23 @@ def propagate_all(
     yield from predictor.propagate_in_video(state, start_frame_idx, num_frames - start_frame_idx, False)
     if start_frame_idx > 0:
         yield from predictor.propagate_in_video(state, start_frame_idx - 1, start_frame_idx, True)
+
+
+def _reverse_to_frame_zero(
+    state: dict[str, Any], start: int | None, max_frames: int | None, reverse: bool
+) -> tuple[int | None, int | None, int | None]:
+    """(start, max_frames, frame to leave out) for sam2's propagation.
+
+    sam2 1.1.0 skips a reverse pass that starts at frame 0, so a video first prompted on frame 1 (forward from 1,
+    then backward from 0) would leave frame 0 without a mask. When frame 1 is a prompted frame of every object,
+    the backward pass starts there instead (its stored output is reused, nothing recomputed) and frame 1 is left
+    out of what is yielded."""
+    if not reverse or start != 0 or int(state["num_frames"]) < 2 or max_frames == 0:
+        return start, max_frames, None
+    per_object = state["output_dict_per_obj"].values()
+    if per_object and all(1 in outputs["cond_frame_outputs"] for outputs in per_object):
+        return 1, 1, 1
+    return start, max_frames, None
 
 
 def _np(value: Any) -> np.ndarray:
