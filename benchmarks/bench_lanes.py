@@ -26,9 +26,10 @@ import numpy as np
 
 from decaf_backend.backend.corrections import CorrectionSessions
 from decaf_backend.backend.lanes import Lanes
+from decaf_backend.overlay import write_video
 from decaf_backend.pipeline import DecafPipeline
 from decaf_backend.types import Click
-from decaf_backend.video import open_video, write_video
+from decaf_backend.video import open_video
 
 
 def disc_frames(n: int, height: int, width: int, seed: int) -> np.ndarray:

@@ -32,10 +32,11 @@ def rss() -> int:
 
 
 def one_run(frames: int, height: int, width: int, work: Path) -> dict:
+    from decaf_backend.overlay import write_video
     from decaf_backend.sam2.loading import load_sam2_predictor
     from decaf_backend.sam2.tiny import build_tiny_sam2
     from decaf_backend.tracking import run_stage_b
-    from decaf_backend.video import open_video, write_video
+    from decaf_backend.video import open_video
 
     sam2_dir = work / "sam2"
     if not (sam2_dir / "config.yaml").is_file():

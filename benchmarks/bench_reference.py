@@ -59,12 +59,13 @@ from decaf_backend.fusion import fuse_maps, rollout_to_map
 from decaf_backend.mllm import prompts
 from decaf_backend.mllm.qk_capture import find_decoder_attentions
 from decaf_backend.mllm.qwen import _resize
+from decaf_backend.overlay import write_video
 from decaf_backend.pipeline import DecafPipeline
 from decaf_backend.points import candidate_points
 from decaf_backend.sam2 import predictor as sam2_predictor
 from decaf_backend.tracking import ac_scores, run_stage_a, run_stage_b, select_final_prompts
 from decaf_backend.types import AttentionResult
-from decaf_backend.video import key_frame_indices, open_video, write_video
+from decaf_backend.video import key_frame_indices, open_video
 
 # the 7B text model's depth and heads, narrow: head dim 16 (mrope sections sum to 8), hidden 28 × 16
 NARROW7B_TEXT: dict[str, Any] = dict(

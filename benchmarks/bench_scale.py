@@ -32,8 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import FULL_ANSWER_TOKENS, build_models, disc_frames  # noqa: E402
 
+from decaf_backend.overlay import write_video  # noqa: E402
 from decaf_backend.scale.runner import RayRunner  # noqa: E402
-from decaf_backend.video import write_video  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "label_config" / "video_tracks.xml"
 

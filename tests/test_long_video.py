@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from decaf_backend.overlay import write_video
 from decaf_backend.sam2.frames import Sam2Frames
 from decaf_backend.sam2.loading import load_sam2_predictor
 from decaf_backend.sam2.tiny import build_tiny_sam2
 from decaf_backend.tracking import run_stage_b
-from decaf_backend.video import open_video, write_video
+from decaf_backend.video import open_video
 from tests.conftest import moving_disc_frames
 
 HEIGHT, WIDTH = 32, 48
