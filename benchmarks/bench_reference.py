@@ -58,7 +58,7 @@ from decaf_backend.config import DecafConfig
 from decaf_backend.fusion import fuse_maps, rollout_to_map
 from decaf_backend.mllm import prompts
 from decaf_backend.mllm.qk_capture import find_decoder_attentions
-from decaf_backend.mllm.qwen import _resize
+from decaf_backend.mllm.qwen import resize_frame
 from decaf_backend.overlay import write_video
 from decaf_backend.pipeline import DecafPipeline
 from decaf_backend.points import candidate_points
@@ -273,7 +273,7 @@ class LiteralReference:
     def _video_prompt(self, frames: list[np.ndarray], question: str) -> AttentionResult:
         adapter = self.adapter
         size = adapter.video_size(*frames[0].shape[:2])
-        clip = [_resize(f, size) for f in frames]
+        clip = [resize_frame(f, size) for f in frames]
         if len(clip) % adapter.temporal_patch_size:
             clip += [clip[-1]] * (adapter.temporal_patch_size - len(clip) % adapter.temporal_patch_size)
         processed = adapter.processor.video_processor(
@@ -297,7 +297,7 @@ class LiteralReference:
         step = max(1, int(self.config.frame_batch_size))
         rows, answers, grids, ids = [], [], [], None
         for start in range(0, len(frames), step):
-            images = [_resize(f, size) for f in frames[start : start + step]]
+            images = [resize_frame(f, size) for f in frames[start : start + step]]
             processed = adapter.processor.image_processor(images=images, do_resize=False, return_tensors="pt")
             grid = processed["image_grid_thw"].to(adapter.device)
             ids = adapter._prompt_ids(question, "image", int(grid[0].prod()) // adapter.merge_size**2)
