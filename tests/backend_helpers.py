@@ -9,11 +9,13 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import av
 import numpy as np
 from PIL import Image
 
@@ -40,6 +42,56 @@ def disc_and_square_frames(num_frames: int = 6, height: int = 48, width: int = 6
 
 def colour_mask(frame: np.ndarray, colour: tuple[int, ...]) -> np.ndarray:
     return (np.abs(frame.astype(int) - np.asarray(colour)[None, None, :3]) <= TOLERANCE).all(axis=2)
+
+
+def colour_centre(frame: np.ndarray, name: str) -> tuple[float, float]:
+    """(x, y) in pixels: the mean of the pixels of the colour `name` on `frame`."""
+    y, x = np.argwhere(colour_mask(frame, COLOURS[name])).mean(axis=0)
+    return float(x), float(y)
+
+
+def encode_frames(
+    path: Path,
+    frames: np.ndarray,
+    codec: str = "libx264",
+    fps: int = 10,
+    gop: int = 4,
+    pix_fmt: str = "yuv420p",
+    rotation: int | None = None,
+    pts: list[int] | None = None,
+    container_format: str | None = None,
+    faststart: bool = False,
+) -> Path:
+    """Encode rgb24 frames with PyAV; a short GOP gives several keyframes so random access has to seek."""
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", format=container_format, options=options) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        stream.options = {"g": str(gop), **({"deadline": "realtime"} if codec.startswith("libvpx") else {})}
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        if pts is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if pts is not None:
+                video_frame.pts, video_frame.time_base = pts[i], Fraction(1, 1000)
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode())
+    return path
+
+
+def audio_only_file(path: Path) -> Path:
+    """A short Opus file with no video stream."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libopus", rate=48000)
+        for i in range(5):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 960
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
 
 
 @dataclass
