@@ -293,3 +293,22 @@ def without_review(config: str) -> str:
     return re.sub(
         r'\s*<Header value="What the model thought"[^>]*/>\s*<TextArea name="review"[^>]*/>', "", config
     )
+
+
+def frames_task_in_label_studio(ls: Any, name: str, frames: np.ndarray, label_config: str) -> tuple[int, int]:
+    """A Label Studio project titled `name` with one task (prompt "red") showing `frames` from local-files
+    storage in the folder `name`: (project id, task id)."""
+    folder = ls.media_root / name
+    names = write_frames(folder, frames)
+    project = ls.api(
+        "POST", "/api/projects", json={"title": name.replace("_", " "), "label_config": label_config}
+    )["id"]
+    ls.api("POST", "/api/storages/localfiles", json={"project": project, "path": str(folder), "use_blob_urls": True,
+                                                      "title": "frames"})  # fmt: skip
+    urls = [f"/data/local-files/?d={name}/{n}" for n in names]
+    (task_id,) = ls.api(
+        "POST",
+        f"/api/projects/{project}/import?return_task_ids=true",
+        json=[{"frames": urls, "prompt": "red"}],
+    )["task_ids"]
+    return project, task_id

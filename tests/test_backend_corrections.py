@@ -162,25 +162,13 @@ def test_two_annotators_through_label_studio(label_studio: Any, tmp_path: Path) 
     from werkzeug.serving import make_server
 
     from decaf_backend.backend.server import create_app
-    from tests.backend_helpers import disc_and_square_frames, write_frames
+    from tests.backend_helpers import disc_and_square_frames, frames_task_in_label_studio
     from tests.ls_server import free_port
     from tests.test_backend_server import FRAMES_CONFIG
 
     ls = label_studio
     frames = disc_and_square_frames(N, H, W)
-    folder = ls.media_root / "two_annotators"
-    names = write_frames(folder, frames)
-    project = ls.api(
-        "POST", "/api/projects", json={"title": "two annotators", "label_config": FRAMES_CONFIG}
-    )["id"]
-    ls.api("POST", "/api/storages/localfiles", json={"project": project, "path": str(folder), "use_blob_urls": True,
-                                                      "title": "frames"})  # fmt: skip
-    urls = [f"/data/local-files/?d=two_annotators/{n}" for n in names]
-    (task_id,) = ls.api(
-        "POST",
-        f"/api/projects/{project}/import?return_task_ids=true",
-        json=[{"frames": urls, "prompt": "red"}],
-    )["task_ids"]
+    project, task_id = frames_task_in_label_studio(ls, "two_annotators", frames, FRAMES_CONFIG)
 
     fake = SimpleNamespace(url=ls.url, token=ls.token)  # _make's media fixture shape, for the real server
     _, _, runtime = _make((fake, frames), tmp_path)
