@@ -19,6 +19,9 @@ import av
 import numpy as np
 from PIL import Image
 
+from decaf_backend.backend.runtime import Runtime
+from decaf_backend.backend.server import create_app
+from decaf_backend.backend.settings import Settings
 from decaf_backend.errors import PromptError, VideoError
 from decaf_backend.types import Box, Click, FrameMasks, VideoSegmentation
 
@@ -312,3 +315,8 @@ def frames_task_in_label_studio(ls: Any, name: str, frames: np.ndarray, label_co
         json=[{"frames": urls, "prompt": "red"}],
     )["task_ids"]
     return project, task_id
+
+
+def colour_client(settings: Settings) -> Any:
+    """A Flask test client of the backend with `settings`, segmenting with the colour segmenter."""
+    return create_app(Runtime(settings, pipeline_factory=lambda s: ColourSegmenter())).test_client()

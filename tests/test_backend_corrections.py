@@ -32,13 +32,12 @@ def _points(frames: np.ndarray) -> dict[str, tuple[float, float]]:
     }
 
 
-def _opened(
-    fake_and_frames: Any, tmp_path: Path, tid: int
-) -> tuple[Any, Any, dict[str, tuple[float, float]]]:
-    """A server on which task `tid` was opened (its starting masks made): client, segmenter, _points."""
+def _opened(fake_and_frames: Any, tmp_path: Path, tid: int) -> tuple[np.ndarray, Any, Any, dict]:
+    """A server on which task `tid` was opened (its starting masks made): frames, client, segmenter, _points."""
     client, segmenter, _ = _make(fake_and_frames, tmp_path)
     _predict(client, [_task(tid)])
-    return client, segmenter, _points(fake_and_frames[1])
+    frames = fake_and_frames[1]
+    return frames, client, segmenter, _points(frames)
 
 
 def test_two_annotators_never_share_clicks_and_undo_undoes(media: Any, tmp_path: Path) -> None:  # noqa: F811
@@ -66,8 +65,7 @@ def test_incremental_clicks_continue_the_cached_state_and_equal_all_at_once(
     media: Any,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    _, frames = media
-    client, segmenter, p = _opened(media, tmp_path, 2)
+    frames, client, segmenter, p = _opened(media, tmp_path, 2)
     clicks = [_click(*p["green"], 2), _click(*p["red"], 2, positive=False), _click(*p["grey"], 1)]
     answers = []
     for k in range(1, 4):  # Label Studio resends the pending clicks with each new one
@@ -90,8 +88,7 @@ def test_the_next_click_after_an_accepted_suggestion_starts_from_what_the_annota
     media: Any,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    _, frames = media
-    client, _, p = _opened(media, tmp_path, 3)
+    frames, client, _, p = _opened(media, tmp_path, 3)
     accepted = _predict(client, [_task(3)], context={"result": [_click(*p["green"], 2)]})
     items = accepted.get_json()["results"][0]["result"]
     # accepted: the draft (autosaved, the requesting user's only) holds the suggestion's regions; the clicks are gone

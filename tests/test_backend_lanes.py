@@ -69,6 +69,16 @@ def _open_held(client: Any, segmenter: Any, task: dict) -> threading.Event:
     return release
 
 
+def _serve_held(fake_and_frames: Any, tmp_path: Path, tid: int, interactive_wait_s: float) -> tuple:
+    """A server (opened tasks deferred) whose task `tid` (a green prompt) is opened and its pre-annotation held:
+    frames, client, segmenter, runtime, the task, and the event that releases it."""
+    client, segmenter, runtime = _make(
+        fake_and_frames, tmp_path, open_wait_s=0.0, interactive_wait_s=interactive_wait_s
+    )
+    task = _task(tid, prompt="the green square")
+    return fake_and_frames[1], client, segmenter, runtime, task, _open_held(client, segmenter, task)
+
+
 def _click_at(frames: np.ndarray, index: int, colour: str) -> dict:
     """A request context: one positive click at the centre of `colour` on frame `index`."""
     return {"result": [_click(*colour_centre(frames[index], colour), index)]}
@@ -97,11 +107,8 @@ def test_a_click_on_a_task_still_being_prelabeled_gets_a_clear_answer_then_its_m
     media: Any,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    _, frames = media
-    client, segmenter, runtime = _make(media, tmp_path, open_wait_s=0.0, interactive_wait_s=0.0)
-    task = _task(3, prompt="the green square")
+    frames, client, segmenter, runtime, task, release = _serve_held(media, tmp_path, 3, 0.0)
     context = _click_at(frames, 1, "red")
-    release = _open_held(client, segmenter, task)
     try:
         busy = _predict(client, [task], context=context)
         assert busy.status_code == 422 and "still being pre-labeled" in busy.get_json()["error"]
@@ -119,10 +126,7 @@ def test_a_click_waits_for_its_own_tasks_masks_and_answers_as_soon_as_they_exist
     media: Any,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    _, frames = media
-    client, segmenter, runtime = _make(media, tmp_path, open_wait_s=0.0, interactive_wait_s=60.0)
-    task = _task(4, prompt="the green square")
-    release = _open_held(client, segmenter, task)
+    frames, client, segmenter, runtime, task, release = _serve_held(media, tmp_path, 4, 60.0)
     replies: list = []
     clicker = threading.Thread(
         target=lambda: replies.append(_predict(client, [task], context=_click_at(frames, 1, "red")))

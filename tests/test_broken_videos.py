@@ -14,15 +14,13 @@ import av
 import numpy as np
 import pytest
 
-from decaf_backend.backend.runtime import Runtime
-from decaf_backend.backend.server import create_app
 from decaf_backend.backend.settings import Settings
 from decaf_backend.errors import VideoError
 from decaf_backend.video import open_video, probe
 from tests.backend_helpers import (
-    ColourSegmenter,
     FakeLabelStudio,
     audio_only_file,
+    colour_client,
     disc_and_square_frames,
     encode_frames,
 )
@@ -163,8 +161,7 @@ def served(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         batch_wait_s=30.0,
         interactive_wait_s=30.0,
     )
-    runtime = Runtime(settings, pipeline_factory=lambda s: ColourSegmenter())
-    yield create_app(runtime).test_client(), model_dir
+    yield colour_client(settings), model_dir
     fake.close()
 
 
