@@ -9,14 +9,19 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import av
 import numpy as np
 from PIL import Image
 
+from decaf_backend.backend.runtime import Runtime
+from decaf_backend.backend.server import create_app
+from decaf_backend.backend.settings import Settings
 from decaf_backend.errors import PromptError, VideoError
 from decaf_backend.types import Box, Click, FrameMasks, VideoSegmentation
 
@@ -40,6 +45,56 @@ def disc_and_square_frames(num_frames: int = 6, height: int = 48, width: int = 6
 
 def colour_mask(frame: np.ndarray, colour: tuple[int, ...]) -> np.ndarray:
     return (np.abs(frame.astype(int) - np.asarray(colour)[None, None, :3]) <= TOLERANCE).all(axis=2)
+
+
+def colour_centre(frame: np.ndarray, name: str) -> tuple[float, float]:
+    """(x, y) in pixels: the mean of the pixels of the colour `name` on `frame`."""
+    y, x = np.argwhere(colour_mask(frame, COLOURS[name])).mean(axis=0)
+    return float(x), float(y)
+
+
+def encode_frames(
+    path: Path,
+    frames: np.ndarray,
+    codec: str = "libx264",
+    fps: int = 10,
+    gop: int = 4,
+    pix_fmt: str = "yuv420p",
+    rotation: int | None = None,
+    pts: list[int] | None = None,
+    container_format: str | None = None,
+    faststart: bool = False,
+) -> Path:
+    """Encode rgb24 frames with PyAV; a short GOP gives several keyframes so random access has to seek."""
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", format=container_format, options=options) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        stream.options = {"g": str(gop), **({"deadline": "realtime"} if codec.startswith("libvpx") else {})}
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        if pts is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if pts is not None:
+                video_frame.pts, video_frame.time_base = pts[i], Fraction(1, 1000)
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode())
+    return path
+
+
+def audio_only_file(path: Path) -> Path:
+    """A short Opus file with no video stream."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libopus", rate=48000)
+        for i in range(5):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 960
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
 
 
 @dataclass
@@ -241,3 +296,27 @@ def without_review(config: str) -> str:
     return re.sub(
         r'\s*<Header value="What the model thought"[^>]*/>\s*<TextArea name="review"[^>]*/>', "", config
     )
+
+
+def frames_task_in_label_studio(ls: Any, name: str, frames: np.ndarray, label_config: str) -> tuple[int, int]:
+    """A Label Studio project titled `name` with one task (prompt "red") showing `frames` from local-files
+    storage in the folder `name`: (project id, task id)."""
+    folder = ls.media_root / name
+    names = write_frames(folder, frames)
+    project = ls.api(
+        "POST", "/api/projects", json={"title": name.replace("_", " "), "label_config": label_config}
+    )["id"]
+    ls.api("POST", "/api/storages/localfiles", json={"project": project, "path": str(folder), "use_blob_urls": True,
+                                                      "title": "frames"})  # fmt: skip
+    urls = [f"/data/local-files/?d={name}/{n}" for n in names]
+    (task_id,) = ls.api(
+        "POST",
+        f"/api/projects/{project}/import?return_task_ids=true",
+        json=[{"frames": urls, "prompt": "red"}],
+    )["task_ids"]
+    return project, task_id
+
+
+def colour_client(settings: Settings) -> Any:
+    """A Flask test client of the backend with `settings`, segmenting with the colour segmenter."""
+    return create_app(Runtime(settings, pipeline_factory=lambda s: ColourSegmenter())).test_client()

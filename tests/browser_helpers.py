@@ -279,6 +279,12 @@ class LabelingSession:
         return pixels, to_shot, unobstructed
 
     # -- smart clicks ------------------------------------------------------------------------------------------
+    def ready_for_clicks(self, index: int) -> None:
+        """On frame `index`, hide the masks (a click on a mask selects it) and switch Auto-Annotation on."""
+        self.go_to_page(index)
+        self.set_regions_hidden(True)
+        self.enable_auto_annotation()
+
     def enable_auto_annotation(self) -> None:
         """Switch the bottom bar's Auto-Annotation on (it only exists with an interactive ML backend connected)."""
         toggle = self.page.locator(AUTO_ANNOTATION)
@@ -595,3 +601,12 @@ def screenshot_region(page: Any, box: Box2D, margin: float = 6.0) -> tuple[np.nd
     y1 = min(float(VIEWPORT["height"]), box.y + box.height + margin)
     shot = page.screenshot(clip={"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0})
     return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")), Box2D(x0, y0, x1 - x0, y1 - y0)
+
+
+@contextmanager
+def signed_in_session(chromium: str | None, ls: Any, screenshots: str) -> Iterator[LabelingSession]:
+    """A fresh browser signed in to Label Studio `ls` as its admin; screenshots go to screenshot_dir(screenshots)."""
+    with chromium_context(chromium) as context:
+        ui = LabelingSession(context.pages[0], ls.url, screenshot_dir(screenshots))
+        ui.login(ls.username, ls.password)
+        yield ui

@@ -71,6 +71,16 @@ def moving_disc_frames(num_frames: int, height: int, width: int, radius: int | N
     return frames
 
 
+def moving_disc_folder(folder: Path, num_frames: int, height: int, width: int) -> Path:
+    """moving_disc_frames saved as 00000.png, 00001.png, ... in the new folder `folder`."""
+    from PIL import Image
+
+    folder.mkdir()
+    for i, frame in enumerate(moving_disc_frames(num_frames, height, width)):
+        Image.fromarray(frame).save(folder / f"{i:05d}.png")
+    return folder
+
+
 def encode_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264") -> Path:
     """Encode frames with PyAV (yuv420p needs even sizes: the encoder gets the frame size rounded down)."""
     import av

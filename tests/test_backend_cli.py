@@ -47,6 +47,17 @@ def test_settings_read_the_documented_variables() -> None:
         Settings.from_env({"DECAF_PRELOAD": "maybe"})
 
 
+def _wait_for_health(port: int, timeout_s: float = 60.0) -> dict | None:
+    """The /health reply of the server starting on `port`; None if it does not answer in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
+        except requests.RequestException:
+            time.sleep(0.2)
+    return None
+
+
 def test_serve_command_answers_health_without_auth_and_guards_the_rest(tmp_path: Path) -> None:
     port = free_port()
     env = {
@@ -60,12 +71,7 @@ def test_serve_command_answers_health_without_auth_and_guards_the_rest(tmp_path:
     proc = subprocess.Popen([sys.executable, "-m", "decaf_backend", "serve", "--no-preload"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        deadline, health = time.monotonic() + 60, None
-        while time.monotonic() < deadline and health is None:
-            try:
-                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
-            except requests.RequestException:
-                time.sleep(0.2)
+        health = _wait_for_health(port)
         assert health is not None and health["status"] == "UP" and health["model_loaded"] is False
         assert requests.post(f"http://127.0.0.1:{port}/setup", json={}, timeout=5).status_code == 401
         ok = requests.post(f"http://127.0.0.1:{port}/setup", json={}, auth=("u", "p"), timeout=5)
@@ -141,12 +147,7 @@ def test_serve_on_loopback_without_auth_starts_and_warns(tmp_path: Path) -> None
         cwd=REPO, env=_serve_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        deadline, health = time.monotonic() + 60, None
-        while time.monotonic() < deadline and health is None:
-            try:
-                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
-            except requests.RequestException:
-                time.sleep(0.2)
+        health = _wait_for_health(port)
         assert health is not None and health["status"] == "UP"
         assert requests.post(f"http://127.0.0.1:{port}/setup", json={}, timeout=5).status_code == 200
     finally:

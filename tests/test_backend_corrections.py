@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from decaf_backend.backend.results import masks_from_brush_items
-from tests.backend_helpers import COLOURS, colour_mask
+from tests.backend_helpers import colour_centre
 from tests.test_backend_server import H, N, W, _click, _expected, _make, _predict, _task, media  # noqa: F401
 
 
@@ -25,12 +25,19 @@ def _masks(reply: Any) -> np.ndarray:
 
 def _points(frames: np.ndarray) -> dict[str, tuple[float, float]]:
     """A pixel centre inside each colour on frame 2, and one on the grey background."""
-    out = {}
-    for name in ("red", "green"):
-        y, x = np.argwhere(colour_mask(frames[2], COLOURS[name])).mean(axis=0)
-        out[name] = (float(x), float(y))
-    out["grey"] = (2.0, float(H - 3))
-    return out
+    return {
+        "red": colour_centre(frames[2], "red"),
+        "green": colour_centre(frames[2], "green"),
+        "grey": (2.0, H - 3.0),
+    }
+
+
+def _opened(fake_and_frames: Any, tmp_path: Path, tid: int) -> tuple[np.ndarray, Any, Any, dict]:
+    """A server on which task `tid` was opened (its starting masks made): frames, client, segmenter, _points."""
+    client, segmenter, _ = _make(fake_and_frames, tmp_path)
+    _predict(client, [_task(tid)])
+    frames = fake_and_frames[1]
+    return frames, client, segmenter, _points(frames)
 
 
 def test_two_annotators_never_share_clicks_and_undo_undoes(media: Any, tmp_path: Path) -> None:  # noqa: F811
@@ -58,10 +65,7 @@ def test_incremental_clicks_continue_the_cached_state_and_equal_all_at_once(
     media: Any,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    _, frames = media
-    client, segmenter, runtime = _make(media, tmp_path)
-    _predict(client, [_task(2)])
-    p = _points(frames)
+    frames, client, segmenter, p = _opened(media, tmp_path, 2)
     clicks = [_click(*p["green"], 2), _click(*p["red"], 2, positive=False), _click(*p["grey"], 1)]
     answers = []
     for k in range(1, 4):  # Label Studio resends the pending clicks with each new one
@@ -84,10 +88,7 @@ def test_the_next_click_after_an_accepted_suggestion_starts_from_what_the_annota
     media: Any,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    _, frames = media
-    client, _, _ = _make(media, tmp_path)
-    _predict(client, [_task(3)])
-    p = _points(frames)
+    frames, client, _, p = _opened(media, tmp_path, 3)
     accepted = _predict(client, [_task(3)], context={"result": [_click(*p["green"], 2)]})
     items = accepted.get_json()["results"][0]["result"]
     # accepted: the draft (autosaved, the requesting user's only) holds the suggestion's regions; the clicks are gone
@@ -158,25 +159,13 @@ def test_two_annotators_through_label_studio(label_studio: Any, tmp_path: Path) 
     from werkzeug.serving import make_server
 
     from decaf_backend.backend.server import create_app
-    from tests.backend_helpers import disc_and_square_frames, write_frames
+    from tests.backend_helpers import disc_and_square_frames, frames_task_in_label_studio
     from tests.ls_server import free_port
     from tests.test_backend_server import FRAMES_CONFIG
 
     ls = label_studio
     frames = disc_and_square_frames(N, H, W)
-    folder = ls.media_root / "two_annotators"
-    names = write_frames(folder, frames)
-    project = ls.api(
-        "POST", "/api/projects", json={"title": "two annotators", "label_config": FRAMES_CONFIG}
-    )["id"]
-    ls.api("POST", "/api/storages/localfiles", json={"project": project, "path": str(folder), "use_blob_urls": True,
-                                                      "title": "frames"})  # fmt: skip
-    urls = [f"/data/local-files/?d=two_annotators/{n}" for n in names]
-    (task_id,) = ls.api(
-        "POST",
-        f"/api/projects/{project}/import?return_task_ids=true",
-        json=[{"frames": urls, "prompt": "red"}],
-    )["task_ids"]
+    project, task_id = frames_task_in_label_studio(ls, "two_annotators", frames, FRAMES_CONFIG)
 
     fake = SimpleNamespace(url=ls.url, token=ls.token)  # _make's media fixture shape, for the real server
     _, _, runtime = _make((fake, frames), tmp_path)

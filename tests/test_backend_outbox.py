@@ -14,7 +14,7 @@ import pytest
 
 from decaf_backend.backend.outbox import Entry, Outbox
 from decaf_backend.backend.results import masks_from_brush_items
-from tests.backend_helpers import write_frames
+from tests.backend_helpers import frames_task_in_label_studio
 from tests.test_backend_server import FRAMES_CONFIG, H, N, W, _expected, _make, _predict, media  # noqa: F401
 
 
@@ -96,19 +96,7 @@ def test_label_studio_stopped_while_a_prediction_is_posted_gets_it_exactly_once(
 
     ls = label_studio
     frames = disc_and_square_frames(N, H, W)
-    folder = ls.media_root / "outbox_fault"
-    names = write_frames(folder, frames)
-    project = ls.api("POST", "/api/projects", json={"title": "outbox fault", "label_config": FRAMES_CONFIG})[
-        "id"
-    ]
-    ls.api("POST", "/api/storages/localfiles", json={"project": project, "path": str(folder), "use_blob_urls": True,
-                                                      "title": "frames"})  # fmt: skip
-    urls = [f"/data/local-files/?d=outbox_fault/{n}" for n in names]
-    (task_id,) = ls.api(
-        "POST",
-        f"/api/projects/{project}/import?return_task_ids=true",
-        json=[{"frames": urls, "prompt": "red"}],
-    )["task_ids"]
+    project, task_id = frames_task_in_label_studio(ls, "outbox_fault", frames, FRAMES_CONFIG)
     settings = Settings(label_studio_url=ls.url, label_studio_api_key=ls.token, model_dir=tmp_path / "md",
                         preload=False, open_wait_s=0.0)  # fmt: skip
     segmenter = ColourSegmenter()

@@ -22,6 +22,7 @@ from tests.backend_helpers import (
     COLOURS,
     ColourSegmenter,
     FakeLabelStudio,
+    colour_client,
     colour_mask,
     disc_and_square_frames,
     without_review,
@@ -103,6 +104,12 @@ def _click(x_px: float, y_px: float, index: int, positive: bool = True, label: s
     return {"original_width": W, "original_height": H, "image_rotation": 0, "item_index": index, "value": value,
             "is_positive": positive, "id": f"c{index}{x_px}", "from_name": "click", "to_name": "image",
             "type": "keypointlabels", "origin": "manual"}  # fmt: skip
+
+
+def _opened(media: Any, tmp_path: Path, tid: int) -> tuple[np.ndarray, Any, ColourSegmenter, dict]:
+    """Task `tid` opened on a fresh server: the frames, the client, its segmenter and the task's prediction."""
+    client, segmenter, _ = _make(media, tmp_path)
+    return media[1], client, segmenter, _predict(client, [_task(tid)]).get_json()["results"][0]
 
 
 def _expected(frames: np.ndarray, *colours: str) -> np.ndarray:
@@ -205,9 +212,7 @@ def test_task_opened_request_answers_fast_and_posts_the_prediction_later(media: 
 def test_correction_adds_and_removes_at_the_clicks_on_every_frame_without_a_new_mllm_pass(
     media: Any, tmp_path: Path
 ) -> None:
-    _, frames = media
-    client, segmenter, _ = _make(media, tmp_path)
-    first = _predict(client, [_task(21)]).get_json()["results"][0]
+    frames, client, segmenter, first = _opened(media, tmp_path, 21)
     assert segmenter.segment_calls == 1
     green_y, green_x = np.argwhere(colour_mask(frames[3], COLOURS["green"]))[0]
     red_y, red_x = np.argwhere(colour_mask(frames[3], COLOURS["red"])).mean(axis=0)
@@ -265,9 +270,7 @@ def test_several_labels_are_several_objects_and_a_generic_negative_goes_to_the_m
 def test_sessions_are_rebuilt_after_restart_from_disk_or_from_the_stored_prediction(
     media: Any, tmp_path: Path
 ) -> None:
-    _, frames = media
-    client, _, _ = _make(media, tmp_path)
-    first = _predict(client, [_task(31)]).get_json()["results"][0]
+    frames, client, _, first = _opened(media, tmp_path, 31)
     green_y, green_x = np.argwhere(colour_mask(frames[0], COLOURS["green"]))[0]
     context = {"result": [_click(green_x + 1.0, green_y + 1.0, 0)]}
     task = dict(_task(31), predictions=[dict(first, id=5)])
@@ -611,8 +614,7 @@ def test_secrets_never_appear_in_logs_replies_or_metrics(
         open_wait_s=20.0,
         batch_wait_s=20.0,
     )
-    runtime = Runtime(settings, pipeline_factory=lambda s: ColourSegmenter())
-    client = create_app(runtime).test_client()
+    client = colour_client(settings)
     auth = {"Authorization": "Basic " + base64.b64encode(f"u1:{secrets['password']}".encode()).decode()}
     wrong = {"Authorization": "Basic " + base64.b64encode(f"u1:{secrets['password']}x".encode()).decode()}
     replies = []

@@ -26,6 +26,13 @@ def run_script(name: str, *args: str, timeout: float = 600) -> subprocess.Comple
     )
 
 
+def run_ok(name: str, options: str) -> str:
+    """Run a script with the space-separated `options`; it must succeed. Its standard output."""
+    proc = run_script(name, *options.split())
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def find(pattern: str, text: str) -> re.Match[str]:
     match = re.search(pattern, text, flags=re.MULTILINE)
     assert match is not None, f"no line matching {pattern!r} in:\n{text}"
@@ -42,21 +49,7 @@ def check_rollout_lines(out: str) -> None:
 
 
 def test_bench_rollout_small() -> None:
-    proc = run_script(
-        "bench_rollout.py",
-        "--length",
-        "96",
-        "--heads",
-        "4",
-        "--kv-heads",
-        "2",
-        "--layers",
-        "3",
-        "--repeats",
-        "1",
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run_ok("bench_rollout.py", "--length 96 --heads 4 --kv-heads 2 --layers 3 --repeats 1")
     find(r"^shape B=1 H=4/2 L=96 d=64 layers=3 bf16 on cpu$", out)
     find(r"^largest working set: reference .* MiB, ours .* MiB \(ratio .*x\)$", out)
     check_rollout_lines(out)
@@ -64,11 +57,7 @@ def test_bench_rollout_small() -> None:
 
 @pytest.mark.slow  # 17-35 s on a shared 2-core CPU: tiny models are built, answers run to 128 tokens
 def test_bench_pipeline_tiny() -> None:
-    proc = run_script(
-        "bench_pipeline.py", "--size", "tiny", "--frames", "6", "--height", "64", "--width", "96"
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run_ok("bench_pipeline.py", "--size tiny --frames 6 --height 64 --width 96")
     find(r"^models: size=tiny mllm=.*qwen2_5_vl sam2=.*sam2 \(random weights\)$", out)
     find(r"^device: cpu mllm dtype: float32 max new tokens: \d+$", out)
     find(rf"^build models\s+{NUMBER} s\s+load models\s+{NUMBER} s$", out)
@@ -105,21 +94,7 @@ def test_bench_pipeline_full_needs_cuda() -> None:
 @pytest.mark.slow  # builds the tiny models and runs every prompt twice (reference and ours)
 def test_bench_reference_tiny() -> None:
     """Reference computation and ours on the tiny models: same rollouts, fused map, points and masks."""
-    proc = run_script(
-        "bench_reference.py",
-        "--size",
-        "tiny",
-        "--frames",
-        "4",
-        "--height",
-        "56",
-        "--width",
-        "84",
-        "--max-new-tokens",
-        "2",
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run_ok("bench_reference.py", "--size tiny --frames 4 --height 56 --width 84 --max-new-tokens 2")
     find(r"^size=tiny device=cpu dtype=float32 frames=4 84x56 key frames=4 video prompt L=\d+ ", out)
     for stage in ("mllm_object", "mllm_background", "rollout", "fusion", "sam2_stage_a", "sam2_stage_b"):
         find(rf"^{stage}\s+{NUMBER}\s+", out)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,16 @@ import av
 import numpy as np
 import pytest
 
-from decaf_backend.backend.runtime import Runtime
-from decaf_backend.backend.server import create_app
 from decaf_backend.backend.settings import Settings
 from decaf_backend.errors import VideoError
 from decaf_backend.video import open_video, probe
-from tests.backend_helpers import ColourSegmenter, FakeLabelStudio, disc_and_square_frames
+from tests.backend_helpers import (
+    FakeLabelStudio,
+    audio_only_file,
+    colour_client,
+    disc_and_square_frames,
+    encode_frames,
+)
 
 N, H, W = 12, 48, 64
 VIDEO_CONFIG = (
@@ -58,41 +61,10 @@ CASES = [
 ]
 
 
-def _encode(path: Path, frames: np.ndarray, pix_fmt: str = "yuv420p", **kw: Any) -> Path:
-    options = {"movflags": "faststart"} if kw.get("faststart") else {}
-    with av.open(str(path), mode="w", format=kw.get("format"), options=options) as container:
-        stream = container.add_stream(kw.get("codec", "libx264"), rate=10)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = pix_fmt
-        stream.options = {"g": "4"}
-        if kw.get("rotation"):
-            stream.set_display_rotation(kw["rotation"])
-        if kw.get("pts"):
-            stream.codec_context.time_base = Fraction(1, 1000)
-        for i, frame in enumerate(frames):
-            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            if kw.get("pts"):
-                video_frame.pts, video_frame.time_base = kw["pts"][i], Fraction(1, 1000)
-            container.mux(stream.encode(video_frame))
-        container.mux(stream.encode())
-    return path
-
-
-def _audio_only(path: Path) -> Path:
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libopus", rate=48000)
-        for i in range(5):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt", layout="mono")
-            frame.sample_rate, frame.pts = 48000, i * 960
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
-
-
 def _huge_header(path: Path, frames: np.ndarray) -> Path:
     """MJPEG in AVI whose frame headers (JPEG SOF) and stream header say 16000x16000: decoding one such frame to
     RGB would take over a gigabyte."""
-    data = bytearray(_encode(path, frames[:3], "yuvj420p", codec="mjpeg").read_bytes())
+    data = bytearray(encode_frames(path, frames[:3], "mjpeg", pix_fmt="yuvj420p").read_bytes())
     for match in re.finditer(b"\xff\xc0", bytes(data)):  # SOF0: length, precision, height, width
         data[match.start() + 5 : match.start() + 9] = (16000).to_bytes(2, "big") * 2
     strf = data.index(b"strf")
@@ -103,7 +75,7 @@ def _huge_header(path: Path, frames: np.ndarray) -> Path:
 
 def _corrupt_midstream(path: Path, frames: np.ndarray) -> Path:
     """Random bytes over the 7th packet (not a keyframe): the file opens, that stretch cannot be decoded."""
-    _encode(path, frames, faststart=True)
+    encode_frames(path, frames, faststart=True)
     with av.open(str(path)) as container:
         packets = [(p.pos, p.size, p.is_keyframe) for p in container.demux(video=0) if p.size]
     pos, size, key = packets[6]
@@ -119,23 +91,23 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
     frames = disc_and_square_frames(N, H, W)
     (root / "zero.mp4").write_bytes(b"")
-    full = _encode(root / "full.mp4", frames).read_bytes()  # moov box written last
+    full = encode_frames(root / "full.mp4", frames).read_bytes()  # moov box written last
     (root / "truncated.mp4").write_bytes(full[: len(full) // 2])
-    faststart = _encode(root / "faststart.mp4", frames, faststart=True).read_bytes()
+    faststart = encode_frames(root / "faststart.mp4", frames, faststart=True).read_bytes()
     (root / "truncated_faststart.mp4").write_bytes(faststart[: len(faststart) // 2])
     (root / "text.mp4").write_text("this is a text file with a video's name\n" * 40)
     (root / "mp4_named.webm").write_bytes(full)
-    _audio_only(root / "audio_only.mka")
-    _encode(root / "one_frame.mp4", frames[:1])
+    audio_only_file(root / "audio_only.mka")
+    encode_frames(root / "one_frame.mp4", frames[:1])
     _huge_header(root / "huge_header.avi", frames)
-    _encode(
+    encode_frames(
         root / "variable_rate.mkv",
         frames,
         pts=np.cumsum([0, 40, 10, 90, 60, 5, 120, 30, 70, 15, 100, 50]).tolist(),
     )
-    _encode(root / "rotated.mp4", frames, rotation=90)
+    encode_frames(root / "rotated.mp4", frames, rotation=90)
     _corrupt_midstream(root / "corrupt_midstream.mp4", frames)
-    _encode(root / "ten_bit.mp4", frames, "yuv420p10le")
+    encode_frames(root / "ten_bit.mp4", frames, pix_fmt="yuv420p10le")
     (root / "full.mp4").unlink()
     (root / "faststart.mp4").unlink()
     return root
@@ -189,8 +161,7 @@ def served(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         batch_wait_s=30.0,
         interactive_wait_s=30.0,
     )
-    runtime = Runtime(settings, pipeline_factory=lambda s: ColourSegmenter())
-    yield create_app(runtime).test_client(), model_dir
+    yield colour_client(settings), model_dir
     fake.close()
 
 

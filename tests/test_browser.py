@@ -29,13 +29,12 @@ from decaf_backend.cli import main as cli_main
 from tests.browser_helpers import (
     Box2D,
     LabelingSession,
-    chromium_context,
     chromium_executable,
     hex_colour,
     label_group_index,
     mask_agreement,
-    screenshot_dir,
     screenshot_region,
+    signed_in_session,
     stroke_coverage,
 )
 from tests.conftest import encode_video, moving_disc_frames
@@ -339,7 +338,6 @@ def test_frame_sequence_masks_and_smart_clicks(
     label_studio: LabelStudioServer, decaf_backend_url: str, chromium: str, disc_video: Path
 ) -> None:
     ls = label_studio
-    shots = screenshot_dir("frame_sequence")
     project, config, version = _project(ls, "frames_masks.xml", decaf_backend_url)
     task_id, prediction = _prelabeled_task(ls, project, disc_video, "--format", "png")
     assert prediction["model_version"] == version
@@ -350,9 +348,7 @@ def test_frame_sequence_masks_and_smart_clicks(
     click_group = label_group_index(config, "click")
     middle = N // 2
 
-    with chromium_context(chromium) as context:
-        ui = LabelingSession(context.pages[0], ls.url, shots)
-        ui.login(ls.username, ls.password)
+    with signed_in_session(chromium, ls, "frame_sequence") as ui:
         ui.open_task(project, task_id)
         ui.shot("opened")
         _check_prediction_tab(ui, prediction)
@@ -360,9 +356,7 @@ def test_frame_sequence_masks_and_smart_clicks(
         _check_pages(ui, frames, predicted, mask_colour, "prediction")
 
         # corrections on the middle frame: hide the masks (a click on a mask selects it), pick the smart keypoint
-        ui.go_to_page(middle)
-        ui.set_regions_hidden(True)
-        ui.enable_auto_annotation()
+        ui.ready_for_clicks(middle)
         ui.pick_smart_keypoint()
         ui.shot("smart-keypoint")
         x, y = _red_centre(frames[middle])
@@ -411,20 +405,15 @@ def test_auto_accept_puts_a_clicks_masks_on_their_own_pages(
     """With "Auto-Accept Suggestions" on, a click's re-propagated masks become regions at once: no pending
     suggestion drawn on every page, each page shows its own mask, and there is still one mask per frame."""
     ls = label_studio
-    shots = screenshot_dir("auto_accept")
     project, config, version = _project(ls, "frames_masks.xml", decaf_backend_url)
     task_id, prediction = _prelabeled_task(ls, project, disc_video, "--format", "png")
     frames = _download_frames(ls, ls.api("GET", f"/api/tasks/{task_id}")["data"]["frames"])
     mask_colour = _label_colour(config, "mask", "Object")
     middle = N // 2
 
-    with chromium_context(chromium) as context:
-        ui = LabelingSession(context.pages[0], ls.url, shots)
-        ui.login(ls.username, ls.password)
+    with signed_in_session(chromium, ls, "auto_accept") as ui:
         ui.open_task(project, task_id)
-        ui.go_to_page(middle)
-        ui.set_regions_hidden(True)
-        ui.enable_auto_annotation()
+        ui.ready_for_clicks(middle)
         ui.enable_auto_accept()
         ui.pick_smart_keypoint()
         x, y = _red_centre(frames[middle])
@@ -452,7 +441,6 @@ def test_video_track_is_drawn_in_the_player(
     label_studio: LabelStudioServer, decaf_backend_url: str, chromium: str, disc_video: Path
 ) -> None:
     ls = label_studio
-    shots = screenshot_dir("video_track")
     project, config, version = _project(ls, "video_tracks.xml", decaf_backend_url)
     task_id, prediction = _prelabeled_task(ls, project, disc_video)
     assert prediction["model_version"] == version
@@ -465,9 +453,7 @@ def test_video_track_is_drawn_in_the_player(
     reachable = [f for f in shown if f < track["value"]["framesCount"]] or shown
     picks = sorted({reachable[0], reachable[len(reachable) // 2], reachable[-1]})
 
-    with chromium_context(chromium) as context:
-        ui = LabelingSession(context.pages[0], ls.url, shots)
-        ui.login(ls.username, ls.password)
+    with signed_in_session(chromium, ls, "video_track") as ui:
         ui.open_task(project, task_id, ready=".lsf-frames-control")
         ui.page.wait_for_function(
             "() => { const v = document.querySelector('video'); return v && v.readyState >= 2; }"
@@ -505,15 +491,12 @@ def test_opening_a_task_without_prediction_does_not_block(
     """The annotator opens a task nobody predicted yet: the view opens at once, no empty DecAF prediction is
     stored, and the masks are there when the task is opened again after the backend has posted them."""
     ls = label_studio
-    shots = screenshot_dir("open_without_prediction")
     project, config, version = _project(ls, "frames_masks.xml", decaf_backend_url)
     task_id = _import_task(ls, project, disc_video, "--format", "png")
     assert ls.api("GET", f"/api/predictions?task={task_id}") == []
     frames = _download_frames(ls, ls.api("GET", f"/api/tasks/{task_id}")["data"]["frames"])
 
-    with chromium_context(chromium) as context:
-        ui = LabelingSession(context.pages[0], ls.url, shots)
-        ui.login(ls.username, ls.password)
+    with signed_in_session(chromium, ls, "open_without_prediction") as ui:
         start = time.monotonic()
         ui.open_task(project, task_id)  # Label Studio calls /predict without context for this task now
         opened_s = time.monotonic() - start

@@ -15,12 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.browser_helpers import (
-    LabelingSession,
-    chromium_context,
-    label_group_index,
-    screenshot_dir,
-)
+from tests.browser_helpers import label_group_index, signed_in_session
 from tests.ls_server import LabelStudioServer
 from tests.test_browser import (  # noqa: F401  (fixtures)
     H,
@@ -70,7 +65,6 @@ def test_click_undo_click_again_the_suggestion_follows(
     disc_video: Path,  # noqa: F811
 ) -> None:
     ls = label_studio
-    shots = screenshot_dir("corrections_undo")
     project, config, version = _project(ls, "frames_masks.xml", decaf_backend_url)
     task_id, _ = _prelabeled_task(ls, project, disc_video, "--format", "png")
     frames = _download_frames(ls, ls.api("GET", f"/api/tasks/{task_id}")["data"]["frames"])
@@ -79,13 +73,9 @@ def test_click_undo_click_again_the_suggestion_follows(
     middle = N // 2
     x, y = _red_centre(frames[middle])
 
-    with chromium_context(chromium) as context:
-        ui = LabelingSession(context.pages[0], ls.url, shots)
-        ui.login(ls.username, ls.password)
+    with signed_in_session(chromium, ls, "corrections_undo") as ui:
         ui.open_task(project, task_id)
-        ui.go_to_page(middle)
-        ui.set_regions_hidden(True)
-        ui.enable_auto_annotation()
+        ui.ready_for_clicks(middle)
         ui.pick_smart_keypoint()
         first = ui.smart_click(100 * x / W, 100 * y / H, "Object", group=group)
         ui.shot("first-click")

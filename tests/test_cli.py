@@ -11,7 +11,7 @@ from PIL import Image
 
 from decaf_backend.cli import main
 
-from .conftest import encode_video, moving_disc_frames
+from .conftest import encode_video, moving_disc_folder, moving_disc_frames
 
 
 def run_cli(*args: str) -> int:
@@ -65,11 +65,7 @@ def test_segment_writes_a_mask_per_frame_overlay_and_summary(tiny_models, synthe
 
 
 def test_segment_on_a_frame_folder_with_qwen2_vl(tiny_models, tmp_path):
-    frames = moving_disc_frames(5, 70, 90)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"{i:05d}.png")
+    folder = moving_disc_folder(tmp_path / "frames", 5, 70, 90)
     out = tmp_path / "out"
     rc = run_cli(
         "segment", folder, "--prompt", "which object moves?", "--out", out, "--overlay", "gif",

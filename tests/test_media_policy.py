@@ -18,12 +18,15 @@ import pytest
 from decaf_backend.backend.errors import MediaError
 from decaf_backend.backend.media import MediaFetcher
 from decaf_backend.backend.media_policy import MediaPolicy, MediaRefused, parse_prefixes, redact_url
-from decaf_backend.backend.runtime import Runtime
 from decaf_backend.backend.schema import parse_schema
-from decaf_backend.backend.server import create_app
 from decaf_backend.backend.settings import Settings
 from decaf_backend.errors import VideoError
-from tests.backend_helpers import ColourSegmenter, FakeLabelStudio, disc_and_square_frames, write_frames
+from tests.backend_helpers import (
+    FakeLabelStudio,
+    colour_client,
+    disc_and_square_frames,
+    write_frames,
+)
 from tests.conftest import encode_video
 
 VIDEO_CONFIG = (Path(__file__).resolve().parents[1] / "label_config" / "video_tracks.xml").read_text()
@@ -305,8 +308,7 @@ def test_the_server_refuses_private_media_per_task_and_keeps_serving(servers: An
         batch_wait_s=30.0,
         open_wait_s=30.0,
     )
-    runtime = Runtime(settings, pipeline_factory=lambda s: ColourSegmenter())
-    client = create_app(runtime).test_client()
+    client = colour_client(settings)
     write_frames(tmp_path / "ls" / "frames", disc_and_square_frames(3, 32, 48))
     tasks = [_video_task(f"{private.url}/secret.mp4", 1), _video_task("/data/upload/1/clip.mp4", 2)]
     body = {"tasks": tasks, "label_config": VIDEO_CONFIG, "project": "1.1"}

@@ -21,7 +21,7 @@ from PIL import Image
 
 from decaf_backend.cli import main
 
-from .conftest import moving_disc_frames
+from .conftest import moving_disc_folder
 from .ls_server import free_port
 from .synthetic_rvos import build_davis
 
@@ -31,11 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_segment_a_clip_to_masks(tiny_models, tmp_path, family) -> None:
-    frames = moving_disc_frames(5, 70, 90)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for i, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"{i:05d}.png")
+    folder = moving_disc_folder(tmp_path / "frames", 5, 70, 90)
     out = tmp_path / "out"
     rc = main([
         "segment", str(folder), "--prompt", "the red ball rolling to the right", "--out", str(out),

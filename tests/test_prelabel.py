@@ -185,73 +185,75 @@ def _single_process(
         torch.set_num_threads(threads)
 
 
-@pytest.mark.labelstudio
-@pytest.mark.slow
-def test_prelabel_a_project_on_two_ray_workers(
-    label_studio: LabelStudioServer, clips: list[Path], run_env: dict, tmp_path: Path
-) -> None:
-    ls, version = label_studio, _version(run_env)
-    project, good, bad = _project(ls, clips)
-    assert cli_main(["prelabel", "--url", ls.url, "--api-key", ls.token, "--project", "999999"]) == 2
-    assert cli_main(["prelabel", "--url", ls.url, "--api-key", ls.token, "--project", str(project),
-                     "--tasks", f"{good[0]},999999"]) == 2  # fmt: skip
+class TestOnRealLabelStudioAndRay:
+    pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
-    code, out = _finish(_start(_command(ls, project), run_env, tmp_path / "run.log"), tmp_path / "run.log")
-    assert code == 1, out  # some task failed
-    assert f"{GOOD} pre-labeled, 0 skipped" in out and "1 failed, of 8 tasks" in out, out
-    assert f"task {bad} failed: MediaError: cannot download /data/local-files/?d=nowhere/missing.png" in out
-    assert "prelabel: 100%" in out and ("task/s" in out or "s/task" in out)  # progress: done/total, rate
-    assert _ours(ls, bad, version) == []
-    reference = _single_process(ls, project, good, run_env, tmp_path / "reference_model_dir")
-    for tid in good:
-        (stored,) = _ours(ls, tid, version)
-        assert [item["item_index"] for item in stored["result"]] == list(range(N))
-        np.testing.assert_array_equal(_masks(stored), _masks(reference[tid]), err_msg=f"task {tid}")
+    def test_prelabel_a_project_on_two_ray_workers(
+        self, label_studio: LabelStudioServer, clips: list[Path], run_env: dict, tmp_path: Path
+    ) -> None:
+        ls, version = label_studio, _version(run_env)
+        project, good, bad = _project(ls, clips)
+        assert cli_main(["prelabel", "--url", ls.url, "--api-key", ls.token, "--project", "999999"]) == 2
+        assert cli_main(["prelabel", "--url", ls.url, "--api-key", ls.token, "--project", str(project),
+                         "--tasks", f"{good[0]},999999"]) == 2  # fmt: skip
 
-    # run again: nothing to do but the broken task, which fails again
-    code, out = _finish(
-        _start(_command(ls, project), run_env, tmp_path / "again.log"), tmp_path / "again.log"
-    )
-    assert code == 1 and f"0 pre-labeled, {GOOD} skipped" in out, out
-    assert all(len(_ours(ls, tid, version)) == 1 for tid in good)
+        code, out = _finish(
+            _start(_command(ls, project), run_env, tmp_path / "run.log"), tmp_path / "run.log"
+        )
+        assert code == 1, out  # some task failed
+        assert f"{GOOD} pre-labeled, 0 skipped" in out and "1 failed, of 8 tasks" in out, out
+        assert (
+            f"task {bad} failed: MediaError: cannot download /data/local-files/?d=nowhere/missing.png" in out
+        )
+        assert "prelabel: 100%" in out and ("task/s" in out or "s/task" in out)  # progress: done/total, rate
+        assert _ours(ls, bad, version) == []
+        reference = _single_process(ls, project, good, run_env, tmp_path / "reference_model_dir")
+        for tid in good:
+            (stored,) = _ours(ls, tid, version)
+            assert [item["item_index"] for item in stored["result"]] == list(range(N))
+            np.testing.assert_array_equal(_masks(stored), _masks(reference[tid]), err_msg=f"task {tid}")
 
+        # run again: nothing to do but the broken task, which fails again
+        code, out = _finish(
+            _start(_command(ls, project), run_env, tmp_path / "again.log"), tmp_path / "again.log"
+        )
+        assert code == 1 and f"0 pre-labeled, {GOOD} skipped" in out, out
+        assert all(len(_ours(ls, tid, version)) == 1 for tid in good)
 
-@pytest.mark.labelstudio
-@pytest.mark.slow
-def test_prelabel_killed_and_run_again_leaves_one_prediction_per_task(
-    label_studio: LabelStudioServer, clips: list[Path], run_env: dict, tmp_path: Path
-) -> None:
-    ls, version = label_studio, _version(run_env)
-    project, good, bad = _project(ls, clips)
-    command = _command(ls, project)
+    def test_prelabel_killed_and_run_again_leaves_one_prediction_per_task(
+        self, label_studio: LabelStudioServer, clips: list[Path], run_env: dict, tmp_path: Path
+    ) -> None:
+        ls, version = label_studio, _version(run_env)
+        project, good, bad = _project(ls, clips)
+        command = _command(ls, project)
 
-    first = _start(command, run_env, tmp_path / "killed.log")
-    try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while time.monotonic() < deadline and first.poll() is None:
-            if sum(len(_ours(ls, tid, version)) for tid in good) >= 1:
-                break
-            time.sleep(0.2)
-        assert first.poll() is None, (tmp_path / "killed.log").read_text()  # killed mid-run, not after it
-        workers = _ray_workers(first.pid)
-        assert len(workers) == 2
-        os.kill(first.pid, signal.SIGKILL)  # the driver only: its Ray workers must not outlive it
-        first.wait(timeout=60)
-        deadline = time.monotonic() + 60
-        while workers & set(_processes()) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        alive = workers & set(_processes())
-        for pid in alive:
-            os.kill(pid, signal.SIGKILL)
-        assert not alive, "Ray workers outlived the killed driver"
-    finally:
-        _kill_group(first)  # Ray's helper agents exit on their own within a minute; do not wait for them
-    posted = sum(len(_ours(ls, tid, version)) for tid in good)
-    assert 1 <= posted < GOOD
+        first = _start(command, run_env, tmp_path / "killed.log")
+        try:
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while time.monotonic() < deadline and first.poll() is None:
+                if sum(len(_ours(ls, tid, version)) for tid in good) >= 1:
+                    break
+                time.sleep(0.2)
+            assert first.poll() is None, (tmp_path / "killed.log").read_text()  # killed mid-run, not after it
+            workers = _ray_workers(first.pid)
+            assert len(workers) == 2
+            os.kill(first.pid, signal.SIGKILL)  # the driver only: its Ray workers must not outlive it
+            first.wait(timeout=60)
+            deadline = time.monotonic() + 60
+            while workers & set(_processes()) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            alive = workers & set(_processes())
+            for pid in alive:
+                os.kill(pid, signal.SIGKILL)
+            assert not alive, "Ray workers outlived the killed driver"
+        finally:
+            _kill_group(first)  # Ray's helper agents exit on their own within a minute; do not wait for them
+        posted = sum(len(_ours(ls, tid, version)) for tid in good)
+        assert 1 <= posted < GOOD
 
-    code, out = _finish(_start(command, run_env, tmp_path / "rerun.log"), tmp_path / "rerun.log")
-    assert code == 1, out
-    assert f"{GOOD - posted} pre-labeled, {posted} skipped" in out, out
-    assert f"task {bad} failed" in out
-    assert [len(_ours(ls, tid, version)) for tid in good] == [1] * GOOD
-    assert _ours(ls, bad, version) == []
+        code, out = _finish(_start(command, run_env, tmp_path / "rerun.log"), tmp_path / "rerun.log")
+        assert code == 1, out
+        assert f"{GOOD - posted} pre-labeled, {posted} skipped" in out, out
+        assert f"task {bad} failed" in out
+        assert [len(_ours(ls, tid, version)) for tid in good] == [1] * GOOD
+        assert _ours(ls, bad, version) == []

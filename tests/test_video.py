@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import av
@@ -21,6 +21,7 @@ from decaf_backend.video import (
     open_video,
     probe,
 )
+from tests.backend_helpers import audio_only_file, encode_frames
 
 NUM_FRAMES, HEIGHT, WIDTH, FPS = 23, 72, 116, 12  # odd count, non-square
 
@@ -36,32 +37,8 @@ def square_frames(n: int, height: int, width: int) -> np.ndarray:
     return frames
 
 
-def encode(
-    path: Path,
-    frames: np.ndarray,
-    codec: str = "libx264",
-    fps: int = FPS,
-    gop: int = 5,
-    rotation: int | None = None,
-    pts: list[int] | None = None,
-) -> Path:
-    """Encode with PyAV; a short GOP gives several keyframes so random access has to seek."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"g": str(gop), **({"deadline": "realtime"} if codec.startswith("libvpx") else {})}
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
-        if pts is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        for i, frame in enumerate(frames):
-            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            if pts is not None:
-                video_frame.pts, video_frame.time_base = pts[i], Fraction(1, 1000)
-            container.mux(stream.encode(video_frame))
-        container.mux(stream.encode())
-    return path
+# a short GOP gives several keyframes so random access has to seek
+encode = partial(encode_frames, fps=FPS, gop=5)
 
 
 def decode_all(path: Path) -> list[np.ndarray]:
@@ -282,17 +259,6 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _audio_only(path: Path) -> Path:
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libopus", rate=48000)
-        for i in range(5):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt", layout="mono")
-            frame.sample_rate, frame.pts = 48000, i * 960
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
-
-
 def _no_frames(path: Path) -> Path:
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=10)
@@ -308,7 +274,7 @@ def _no_frames(path: Path) -> Path:
         (lambda d: d / "empty_folder", "no frames"),
         (lambda d: _write(d / "zero.mp4", b""), "empty"),
         (lambda d: _write(d / "junk.mp4", bytes(range(256)) * 20), "cannot be read"),
-        (lambda d: _audio_only(d / "audio.mka"), "no video stream"),
+        (lambda d: audio_only_file(d / "audio.mka"), "no video stream"),
         (lambda d: _no_frames(d / "none.avi"), "zero frames"),
     ],
     ids=["missing", "empty-folder", "zero-bytes", "garbage", "audio-only", "zero-frames"],
