@@ -23,7 +23,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import add_row, script_parser
 from bench_pipeline import disc_centre, disc_frames, disc_radius
+
+ROW_LINE = (
+    "frames {frames:5d}  peak RSS {peak_rss_mib:8.1f} MiB  before stage B {rss_before_mib:8.1f} MiB  growth "
+    "{growth_mib:6.1f} MiB ({growth_in_frames:.0f} frames of {size})  masks {masks_kib:.0f} KiB  {seconds:.0f} s"
+)
 
 
 def rss() -> int:
@@ -72,9 +78,7 @@ def one_run(frames: int, height: int, width: int, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--frames", type=int, nargs="+", default=[300, 1000, 3000])
     parser.add_argument("--height", type=int, default=48)
     parser.add_argument("--width", type=int, default=64)
@@ -91,14 +95,7 @@ def main() -> None:
             child = [sys.executable, __file__, "--one", "--frames", str(n), "--height", str(args.height)]
             child += ["--width", str(args.width), "--work", str(work)]
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-            r = rows[-1]
-            print(
-                f"frames {n:5d}  peak RSS {r['peak_rss_mib']:8.1f} MiB  before stage B {r['rss_before_mib']:8.1f} "
-                f"MiB  growth {r['growth_mib']:6.1f} MiB ({r['growth_in_frames']:.0f} frames of {r['size']})  "
-                f"masks {r['masks_kib']:.0f} KiB  {r['seconds']:.0f} s",
-                flush=True,
-            )
+            add_row(rows, json.loads(out.strip().splitlines()[-1]), ROW_LINE)
         print(json.dumps(rows))
 
 

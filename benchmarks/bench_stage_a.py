@@ -12,7 +12,6 @@ tiny random one unless --sam2 names another (any `load_sam2_predictor` source).
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -20,12 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import add_row, script_parser
 from bench_pipeline import disc_frames
 
 from decaf_backend.points import FramePoints
 from decaf_backend.sam2.loading import load_sam2_predictor
 from decaf_backend.sam2.tiny import build_tiny_sam2
 from decaf_backend.tracking import run_stage_a
+
+ROW_LINE = (
+    "candidates {candidates:3d} kept {kept:3d}  one by one {one_by_one_s:8.2f} s  batched {batched_s:8.2f} s  "
+    "speedup {speedup:.2f}x  (CPU time {one_by_one_cpu_s:.1f} s vs {batched_cpu_s:.1f} s: {cpu_speedup:.2f}x)  "
+    "masks equal {masks_equal}"
+)
 
 
 def grid_candidates(n: int, num_frames: int) -> list[FramePoints | None]:
@@ -39,9 +45,7 @@ def grid_candidates(n: int, num_frames: int) -> list[FramePoints | None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--candidates", type=int, nargs="+", default=[1, 8, 46])
     parser.add_argument("--key-frames", type=int, default=16)
     parser.add_argument("--height", type=int, default=96)
@@ -82,13 +86,7 @@ def main() -> None:
                 "cpu_speedup": round(cpu[False] / max(cpu[True], 1e-9), 2),
                 "masks_equal": same,
             }
-            rows.append(row)
-            print(
-                f"candidates {n:3d} kept {row['kept']:3d}  one by one {times[False]:8.2f} s  "
-                f"batched {times[True]:8.2f} s  speedup {row['speedup']:.2f}x  (CPU time {cpu[False]:.1f} s "
-                f"vs {cpu[True]:.1f} s: {row['cpu_speedup']:.2f}x)  masks equal {same}",
-                flush=True,
-            )
+            add_row(rows, row, ROW_LINE)
         print(json.dumps(rows))
 
 

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,23 @@ class LabelStudioServer:
             stop_process_group(self.process)
 
 
+def start_process_group(
+    command: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+) -> subprocess.Popen:
+    """Start a server in its own process group (stop_process_group ends its children too, Ctrl-C does not
+    reach it), its output appended to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+
 def stop_process_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
     """End a process started with start_new_session=True and everything it started."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -248,16 +266,7 @@ def start_label_studio(
         str(port),
         "--no-browser",
     ]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-            start_new_session=True,  # its own process group: stop() ends its children too, Ctrl-C does not reach it
-        )
+    process = start_process_group(command, env, log_path, cwd=workdir)
     server = LabelStudioServer(
         f"http://127.0.0.1:{port}", creds["token"], creds["username"], creds["password"], data_dir, media_root,
         process, log_path,

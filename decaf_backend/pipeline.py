@@ -18,7 +18,7 @@ from .errors import PromptError, PromptOutOfRangeError, VideoError
 from .fusion import coarse_masks, fuse_maps
 from .points import candidate_points
 from .tracking import VideoPredictor, segment_with_points, track_both_ways
-from .types import Box, Click, FrameMasks, VideoInfo, VideoSegmentation
+from .types import Box, Click, FrameMasks, PromptsByKind, VideoInfo, VideoSegmentation
 from .video import VideoReader, key_frame_indices, open_video
 
 CORRECTION_OBJECT_ID = 1
@@ -48,7 +48,7 @@ Prompt = Click | Box
 
 
 @dataclass
-class CorrectionSession:
+class CorrectionSession(PromptsByKind):
     """A live SAM2 state over the whole video, seeded with the starting masks, that takes annotator prompts.
 
     One SAM2 object stands for the segmented object. Its first conditioning inputs are the starting
@@ -66,14 +66,6 @@ class CorrectionSession:
     _state: Any = None
     _masks: FrameMasks | None = None  # the masks after the last propagation
     confidence: list[float] | None = None  # per frame, from SAM2's signals in the last propagation
-
-    @property
-    def clicks(self) -> list[Click]:
-        return [p for p in self.prompts if isinstance(p, Click)]
-
-    @property
-    def boxes(self) -> list[Box]:
-        return [p for p in self.prompts if isinstance(p, Box)]
 
     def continues(self, prompts: Sequence[Prompt]) -> bool:
         """True when `prompts` start with every prompt this session has applied (so it can go on from here)."""

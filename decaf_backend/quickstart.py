@@ -35,6 +35,7 @@ from .labelstudio_server import (
     new_credentials,
     port_is_free,
     start_label_studio,
+    start_process_group,
     stop_process_group,
 )
 
@@ -251,15 +252,7 @@ def _start_backend(
     )
     env.pop("HOST", None), env.pop("PORT", None)
     command = [sys.executable, "-m", "decaf_backend", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with open(data_dir / "backend.log", "ab") as log:
-        return subprocess.Popen(
-            command,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    return start_process_group(command, env, data_dir / "backend.log")
 
 
 def _wait_backend(process: subprocess.Popen, url: str, log_path: Path, timeout_s: float) -> str:

@@ -64,6 +64,20 @@ class Box:
     y1: float
 
 
+class PromptsByKind:
+    """Mixin for a class holding its prompts (clicks and boxes) in `prompts`: each kind on its own, in order."""
+
+    prompts: list[Click | Box]
+
+    @property
+    def clicks(self) -> list[Click]:
+        return [p for p in self.prompts if isinstance(p, Click)]
+
+    @property
+    def boxes(self) -> list[Box]:
+        return [p for p in self.prompts if isinstance(p, Box)]
+
+
 class FrameMasks:
     """Binary masks for every frame of a video, kept compressed (bit-packed + zlib).
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PromptOutOfRangeError
-from ..types import Box, Click
+from ..types import Box, Click, PromptsByKind
 from .errors import RequestError
 from .results import VideoClock, keyframe_box
 from .schema import Schema
@@ -30,19 +30,11 @@ KnownBox = Callable[[str | None, int], Box | Sequence[Box] | None]
 
 
 @dataclass
-class ObjectPrompts:
+class ObjectPrompts(PromptsByKind):
     """The prompts for one object: `label` names it (None: a generic click label, the caller picks the object)."""
 
     label: str | None
     prompts: list[Click | Box] = field(default_factory=list)  # in the order the context lists them
-
-    @property
-    def clicks(self) -> list[Click]:
-        return [p for p in self.prompts if isinstance(p, Click)]
-
-    @property
-    def boxes(self) -> list[Box]:
-        return [p for p in self.prompts if isinstance(p, Box)]
 
     @property
     def empty(self) -> bool:

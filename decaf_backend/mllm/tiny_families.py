@@ -27,6 +27,8 @@ _TEXT = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 8192,
 }
+_PROJECTOR_OUT = "model.multi_modal_projector.linear_2.weight"
+_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 
 # transformers' convert_llava_onevision_weights_to_hf.py template (no default system turn)
 LLAVA_CHAT_TEMPLATE = (
@@ -71,15 +73,21 @@ def _text_config(vocab: int, ids: dict[str, int]) -> dict[str, Any]:
     )
 
 
-def _amplify(model: Any, names: tuple[str, ...], gain: float = 10.0) -> None:
-    """Scale these weights (as the golden tiny models do): random default inits give near-identical visual
-    tokens, so object and background attention would not differ across the frame."""
+def _random_model(
+    model_class: Any, config: Any, seed: int, amplify: tuple[str, ...] = (), gain: float = 10.0
+) -> Any:
+    """The model with seeded random weights, in eval mode; the `amplify` weights scaled by `gain` (as the golden
+    tiny models do): random default inits give near-identical visual tokens, so object and background attention
+    would not differ across the frame."""
     import torch
 
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name in names:
+        for name in amplify:
             params[name].mul_(gain)
+    return model
 
 
 def _ids(tokenizer: Any, names: dict[str, str]) -> dict[str, int]:
@@ -87,7 +95,6 @@ def _ids(tokenizer: Any, names: dict[str, str]) -> dict[str, int]:
 
 
 def _llava_onevision(seed: int) -> tuple[Any, Any, dict[str, int], int]:
-    import torch
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
@@ -106,15 +113,7 @@ def _llava_onevision(seed: int) -> tuple[Any, Any, dict[str, int], int]:
     vocab = 261
     config = LlavaOnevisionConfig(
         text_config=_text_config(vocab, ids),
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=tile,
-            patch_size=patch,
-        ),
+        vision_config=dict(_VISION, model_type="siglip_vision_model", image_size=tile, patch_size=patch),
         image_token_index=ids["image"],
         video_token_index=ids["video"],
         image_grid_pinpoints=pinpoints,
@@ -123,14 +122,11 @@ def _llava_onevision(seed: int) -> tuple[Any, Any, dict[str, int], int]:
         vision_aspect_ratio="anyres_max_9",
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
-    _amplify(
-        model,
-        (
-            "model.vision_tower.embeddings.patch_embedding.weight",
-            "model.multi_modal_projector.linear_2.weight",
-        ),
+    model = _random_model(
+        LlavaOnevisionForConditionalGeneration,
+        config,
+        seed,
+        amplify=("model.vision_tower.embeddings.patch_embedding.weight", _PROJECTOR_OUT),
     )
     size = {"height": tile, "width": tile}
     processor = LlavaOnevisionProcessor(
@@ -146,7 +142,6 @@ def _llava_onevision(seed: int) -> tuple[Any, Any, dict[str, int], int]:
 
 
 def _internvl(seed: int) -> tuple[Any, Any, dict[str, int], int]:
-    import torch
     from transformers import (
         GotOcr2ImageProcessor,
         InternVLConfig,
@@ -169,13 +164,7 @@ def _internvl(seed: int) -> tuple[Any, Any, dict[str, int], int]:
     config = InternVLConfig(
         text_config=_text_config(vocab, ids),
         vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=[tile, tile],
-            patch_size=[patch, patch],
-            use_mean_pooling=False,
+            _VISION, image_size=[tile, tile], patch_size=[patch, patch], use_mean_pooling=False
         ),
         image_token_id=ids["image"],
         downsample_ratio=0.5,
@@ -184,14 +173,11 @@ def _internvl(seed: int) -> tuple[Any, Any, dict[str, int], int]:
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(config).eval()
-    _amplify(
-        model,
-        (
-            "model.vision_tower.embeddings.patch_embeddings.projection.weight",
-            "model.multi_modal_projector.linear_2.weight",
-        ),
+    model = _random_model(
+        InternVLForConditionalGeneration,
+        config,
+        seed,
+        amplify=("model.vision_tower.embeddings.patch_embeddings.projection.weight", _PROJECTOR_OUT),
     )
     size = {"height": tile, "width": tile}
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -208,7 +194,6 @@ def _internvl(seed: int) -> tuple[Any, Any, dict[str, int], int]:
 
 
 def _qwen3_vl(seed: int) -> tuple[Any, Any, dict[str, int], int]:
-    import torch
     from transformers import (
         Qwen2VLImageProcessor,
         Qwen3VLConfig,
@@ -262,8 +247,7 @@ def _qwen3_vl(seed: int) -> tuple[Any, Any, dict[str, int], int]:
         vision_start_token_id=ids["vision_start"],
         vision_end_token_id=ids["vision_end"],
     )
-    torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config).eval()
+    model = _random_model(Qwen3VLForConditionalGeneration, config, seed)
     size = {"shortest_edge": 4 * 32 * 32, "longest_edge": 16384 * 32 * 32}
     processor = Qwen3VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, temporal_patch_size=2),

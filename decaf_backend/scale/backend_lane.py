@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from .runner import RayRunner, WorkerStartError
+from .runner import RayRunner, RunnerOptions, WorkerStartError
 
 __all__ = ["LaneTaskError", "LaneWorker", "RayBatchLane"]
 
 log = logging.getLogger(__name__)
+
+LANE_OPTIONS = RunnerOptions(retries=1, backoff_s=2.0)
 
 
 class LaneTaskError(RuntimeError):
@@ -60,34 +62,25 @@ class RayBatchLane:
 
     Args:
         settings: the backend's Settings (shipped to the workers; model paths must exist there).
-        address: a Ray cluster (e.g. $DECAF_RAY_ADDRESS); default: an embedded local Ray.
-        workers / devices / gpus_per_worker / retries / backoff_s / init_kwargs: as for RayRunner.
         pipeline_factory: picklable `factory(settings) -> pipeline` (default: the backend's DecAF loader).
+        env / init_kwargs: as for RayRunner.
+        options: RunnerOptions fields (address, workers, devices, gpus_per_worker, retries, backoff_s), as for
+            RayRunner; by default an embedded local Ray, one retry after 2 s.
     """
 
     def __init__(
         self,
         settings: Any,
         *,
-        address: str | None = None,
-        workers: int | None = None,
-        devices: Sequence[str] | None = None,
-        gpus_per_worker: float | None = None,
-        retries: int = 1,
-        backoff_s: float = 2.0,
         pipeline_factory: Any = None,
         env: Mapping[str, str] | None = None,
         init_kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> None:
         self._runner: RayRunner = RayRunner(
             partial(LaneWorker, settings, pipeline_factory),
             _predict,
-            address=address,
-            workers=workers,
-            devices=devices,
-            gpus_per_worker=gpus_per_worker,
-            retries=retries,
-            backoff_s=backoff_s,
+            **replace(LANE_OPTIONS, **options).as_kwargs(),
             env=env,
             init_kwargs=init_kwargs,
         )

@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any, TextIO
 
 from ..errors import DecafError
-from .runner import RayRunner, WorkerStartError
+from .runner import RayRunner, RunnerOptions, WorkerStartError
 
 __all__ = ["PrelabelError", "PrelabelJob", "PrelabelSummary", "TaskOutcome", "label_task", "prelabel"]
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DONE, SKIPPED = "done", "skipped"
 EMBEDDED_OBJECT_STORE_BYTES = 256 * 2**20  # only task ids and small outcomes travel through Ray
+PRELABEL_OPTIONS = RunnerOptions(retries=2, backoff_s=2.0)  # an embedded local Ray by default
 
 
 class PrelabelError(DecafError):
@@ -161,12 +162,7 @@ def prelabel(
     project_id: int,
     task_ids: Sequence[int] | None = None,
     *,
-    address: str | None = None,
-    workers: int | None = None,
-    devices: Sequence[str] | None = None,
-    gpus_per_worker: float | None = None,
-    retries: int = 2,
-    backoff_s: float = 2.0,
+    options: RunnerOptions = PRELABEL_OPTIONS,
     local_files_root: str | None = None,
     settings: Any = None,
     progress: bool = True,
@@ -193,12 +189,7 @@ def prelabel(
     runner = runner_factory(
         partial(Prelabeler, job),
         label_task,
-        workers=workers,
-        devices=devices,
-        gpus_per_worker=gpus_per_worker,
-        address=address,
-        retries=retries,
-        backoff_s=backoff_s,
+        **options.as_kwargs(),
         env=env,
         init_kwargs={"object_store_memory": EMBEDDED_OBJECT_STORE_BYTES},
     )
@@ -274,12 +265,14 @@ def _run(args: Any) -> int:
         args.api_key,
         args.project,
         parse_task_ids(args.tasks) if args.tasks else None,
-        address=args.ray_address,
-        workers=args.workers,
-        devices=[d for d in args.devices.split(",") if d.strip()] if args.devices else None,
-        gpus_per_worker=args.gpus_per_worker,
-        retries=args.retries,
-        backoff_s=args.retry_backoff,
+        options=RunnerOptions(
+            address=args.ray_address,
+            workers=args.workers,
+            devices=[d for d in args.devices.split(",") if d.strip()] if args.devices else None,
+            gpus_per_worker=args.gpus_per_worker,
+            retries=args.retries,
+            backoff_s=args.retry_backoff,
+        ),
         local_files_root=args.local_files_root,
         progress=not args.quiet,
     )

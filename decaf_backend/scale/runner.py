@@ -30,10 +30,10 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
-__all__ = ["ItemResult", "RayRunner", "WorkerSpec", "WorkerStartError", "plan_workers"]
+__all__ = ["ItemResult", "RayRunner", "RunnerOptions", "WorkerSpec", "WorkerStartError", "plan_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,23 @@ class WorkerSpec:
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Where RayRunner's workers run and how failed items are retried, for callers that pass these through
+    (the RayRunner arguments of the same names; the defaults are RayRunner's)."""
+
+    address: str | None = None
+    workers: int | None = None
+    devices: Sequence[str] | None = None
+    gpus_per_worker: float | None = None
+    retries: int = 2
+    backoff_s: float = 1.0
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The options as RayRunner keyword arguments."""
+        return {option.name: getattr(self, option.name) for option in fields(self)}
 
 
 def plan_workers(
