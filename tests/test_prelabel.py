@@ -203,7 +203,8 @@ class TestOnRealLabelStudioAndRay:
         assert code == 1, out  # some task failed
         assert f"{GOOD} pre-labeled, 0 skipped" in out and "1 failed, of 8 tasks" in out, out
         assert (
-            f"task {bad} failed: MediaError: cannot download /data/local-files/?d=nowhere/missing.png" in out
+            f"task {bad} failed: MediaError: task {bad}: cannot download /data/local-files/?d=nowhere/missing.png"
+            in out
         )
         assert "prelabel: 100%" in out and ("task/s" in out or "s/task" in out)  # progress: done/total, rate
         assert _ours(ls, bad, version) == []
