@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         key_indices = key_frame_indices(len(reader), config.num_key_frames)
         key_frames = reader.read_frames(key_indices)
         probe = pipeline.mllm._question_ids(
-            pipeline.mllm._video_visual(key_frames), prompts.object_class_prompt(args.prompt, 0)
+            pipeline.mllm.encode_video(key_frames), prompts.object_class_prompt(args.prompt, 0)
         )
         pipeline.mllm.clear_cache()
         print(

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import DecafConfig
 from ..errors import DecafError
 from ..lru import BoundedCache
 from ..rollout import rollout_last_row_from_qk
 from ..types import AttentionResult
 from . import prompts
-from .qk_capture import capture_qk
+from .calls import DecafCalls, check_frames
 
 __all__ = ["EncodedVisual", "PrefillAdapter", "check_frames"]
 
@@ -43,79 +42,18 @@ class EncodedVisual:
     layout: dict[str, Any] = field(default_factory=dict)  # family extras (tiling, token counts)
 
 
-class PrefillAdapter:
+class PrefillAdapter(DecafCalls):
     """`MLLMAdapter` machinery; subclasses implement the hooks at the end of the class."""
 
     system_prompt: str | None = None  # the system turn the reference writes (None: the template's own)
     # head weights over the exact visual positions (InternVL reference) instead of the first-to-last span
     exact_visual_positions: bool = False
 
-    def __init__(
-        self,
-        model: Any,
-        processor: Any,
-        config: DecafConfig | None = None,
-        name: str = "",
-        random_weights: bool = False,
-    ) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.config = config or DecafConfig()
-        self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
-        self.model_type: str = model.config.model_type
-        self.random_weights = random_weights
-        text_config = getattr(model.config, "text_config", model.config)
-        self.num_layers: int = int(text_config.num_hidden_layers)
-        start = self.config.rollout_start_layer
-        # default: half depth (§4: 14 of 28 layers, 24 of the 48-layer InternVL3-14B)
-        self.rollout_start_layer: int = self.num_layers // 2 if start is None else int(start)
-        if not 0 <= self.rollout_start_layer < self.num_layers:
-            raise DecafError(f"rollout_start_layer {start} is outside 0..{self.num_layers - 1}")
-        self.tokens_per_frame: int = int(self.config.tokens_per_frame)
-        self.frame_scale: int = int(self.config.frame_scale)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # model, processor, config, name, random_weights
+        super().__init__(*args, **kwargs)
         self._vision_cache: BoundedCache[str, EncodedVisual] = BoundedCache(max_items=_VISION_CACHE_SIZE)
 
-    @property
-    def rollout_layers(self) -> range:
-        return range(self.rollout_start_layer, self.num_layers)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    # ----- the three DecAF calls -----
-
-    def object_class(
-        self, video_frames: Sequence[np.ndarray], expression: str
-    ) -> tuple[AttentionResult, AttentionResult]:
-        question = prompts.object_class_prompt(expression, self._version("obj"))
-        return self._both_levels(video_frames, question, generate=True)
-
-    def background(
-        self, video_frames: Sequence[np.ndarray], obj_name: str, expression: str | None = None
-    ) -> tuple[AttentionResult, AttentionResult]:
-        question = prompts.background_prompt(obj_name, expression, self._version("bg"))
-        return self._both_levels(video_frames, question, generate=False)
-
-    def choose_object(self, expression: str, candidates: Sequence[str]) -> str:
-        ids = self.choice_prompt_ids(expression, candidates).to(self.device)
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), **self._generation_kwargs()
-            )
-        return self._decode(out[:, ids.shape[1] :])[0].lower()
-
     # ----- building blocks (public for tests) -----
-
-    def video_level(
-        self, video_frames: Sequence[np.ndarray], question: str, generate: bool
-    ) -> AttentionResult:
-        return self._run(self.encode_video(video_frames), question, generate)
-
-    def frame_level(
-        self, video_frames: Sequence[np.ndarray], question: str, generate: bool
-    ) -> AttentionResult:
-        return self._run(self.encode_frames(video_frames), question, generate)
 
     def encode_video(self, video_frames: Sequence[np.ndarray]) -> EncodedVisual:
         return self._cached_encoding("video", video_frames, self._encode_video)
@@ -165,15 +103,6 @@ class PrefillAdapter:
 
     # ----- internals -----
 
-    def _version(self, which: str) -> int:
-        return int(self.config.extra.get(f"prompt_{which}_version", self.config.prompt_version))
-
-    def _both_levels(
-        self, video_frames: Sequence[np.ndarray], question: str, generate: bool
-    ) -> tuple[AttentionResult, AttentionResult]:
-        frames = check_frames(video_frames)
-        return self.video_level(frames, question, generate), self.frame_level(frames, question, generate)
-
     def _cached_encoding(self, kind: str, video_frames: Sequence[np.ndarray], encode: Any) -> EncodedVisual:
         frames = check_frames(video_frames)
         key = _cache_key(kind, frames)
@@ -193,20 +122,8 @@ class PrefillAdapter:
             stop = min(visual.items, start + step)
             ids = ids_one.expand(stop - start, -1).to(self.device)
             inputs = self._model_inputs(ids, visual, start, stop)
-            answers: list[str] = []
             # the language model only: vision towers (SigLIP, InternViT) have q/k projections too
-            with (
-                torch.inference_mode(),
-                capture_qk(self.model.model.language_model, self.rollout_layers) as cap,
-            ):
-                if generate:
-                    out = self.model.generate(**inputs, **self._generation_kwargs())
-                    answers = self._decode(out[:, ids.shape[1] :])
-                else:
-                    self.model(**inputs, use_cache=False, logits_to_keep=1)
-                q_list, k_list = cap.q_list(), cap.k_list()
-            yield q_list, k_list, answers
-            del q_list, k_list, cap
+            yield self._prefill_batch(inputs, ids.shape[1], generate, self.model.model.language_model)
 
     def _run(self, visual: EncodedVisual, question: str, generate: bool) -> AttentionResult:
         ids_one = self.prompt_ids(question, visual)
@@ -240,24 +157,6 @@ class PrefillAdapter:
             grid_thw=visual.grid_thw,
         )
 
-    def _generation_kwargs(self) -> dict[str, Any]:
-        # greedy as in the reference; the checkpoint's own generation config (eos, suppression) still applies
-        return {
-            "max_new_tokens": int(self.config.max_new_tokens),
-            "do_sample": False,
-            "num_beams": 1,
-            "temperature": None,
-            "top_p": None,
-            "top_k": None,
-            "use_cache": True,
-        }
-
-    def _decode(self, new_tokens: torch.Tensor) -> list[str]:
-        texts = self.processor.batch_decode(
-            new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        return [t.strip() for t in texts]
-
     def _tokens_per_item(self, visual: EncodedVisual) -> int:
         t, h, w = visual.map_shape
         return t * h * w
@@ -289,18 +188,6 @@ class PrefillAdapter:
     def _tokens_to_map(self, values: np.ndarray, visual: EncodedVisual) -> np.ndarray:
         """One prompt's visual-token values in sequence order → its (t, h, w) map."""
         return values.reshape(visual.map_shape)
-
-
-def check_frames(video_frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-    frames = [np.asarray(f) for f in video_frames]
-    if not frames:
-        raise DecafError("no key frames were given to the MLLM")
-    for f in frames:
-        if f.ndim != 3 or f.shape[2] != 3 or f.shape != frames[0].shape:
-            raise DecafError(
-                f"key frames must all be HxWx3 RGB of one size, got {f.shape} and {frames[0].shape}"
-            )
-    return [np.require(f, np.uint8, ["C", "W"]) for f in frames]  # the processors wrap them in tensors
 
 
 def _cache_key(kind: str, frames: Sequence[np.ndarray]) -> str:

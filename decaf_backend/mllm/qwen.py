@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +21,13 @@ import torch
 from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..config import DecafConfig
 from ..errors import DecafError
 from ..fusion import rollout_to_map
+from ..lru import BoundedCache
 from ..rollout import rollout_last_row_from_qk
 from ..types import AttentionResult
 from . import prompts
-from .qk_capture import capture_qk
+from .calls import DecafCalls, check_frames
 
 __all__ = ["QWEN_MODEL_TYPES", "QwenVLAdapter", "resize_frame", "smart_resize", "video_frame_size"]
 
@@ -84,70 +83,19 @@ class _Visual:
     features: tuple[torch.Tensor, ...]  # per item (tokens, hidden)
 
 
-class QwenVLAdapter:
+class QwenVLAdapter(DecafCalls):
     """`MLLMAdapter` for Qwen2.5-VL and Qwen2-VL checkpoints (same prompts, sizes and rollout; §10)."""
 
-    def __init__(
-        self,
-        model: Any,
-        processor: Any,
-        config: DecafConfig | None = None,
-        name: str = "",
-        random_weights: bool = False,
-    ) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.config = config or DecafConfig()
-        self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
-        self.model_type: str = model.config.model_type
-        self.random_weights = random_weights
-        text_config = getattr(model.config, "text_config", model.config)
-        vision_config = model.config.vision_config
-        self.num_layers: int = int(text_config.num_hidden_layers)
-        start = self.config.rollout_start_layer
-        # default: start at half depth (§4: 14 of 28 layers, 18 of 36)
-        self.rollout_start_layer: int = self.num_layers // 2 if start is None else int(start)
-        if not 0 <= self.rollout_start_layer < self.num_layers:
-            raise DecafError(f"rollout_start_layer {start} is outside 0..{self.num_layers - 1}")
-        self.tokens_per_frame: int = int(self.config.tokens_per_frame)
-        self.frame_scale: int = int(self.config.frame_scale)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # model, processor, config, name, random_weights
+        super().__init__(*args, **kwargs)
+        vision_config = self.model.config.vision_config
         self.merge_size: int = int(vision_config.spatial_merge_size)
         self.temporal_patch_size: int = int(vision_config.temporal_patch_size)
         self.factor: int = int(vision_config.patch_size) * self.merge_size
-        self.video_token_id: int = int(model.config.video_token_id)
-        self.image_token_id: int = int(model.config.image_token_id)
-        self._accepts_seconds = "second_per_grid_ts" in inspect.signature(model.forward).parameters
-        self._vision_cache: OrderedDict[str, _Visual] = OrderedDict()
-
-    @property
-    def rollout_layers(self) -> range:
-        return range(self.rollout_start_layer, self.num_layers)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    # ----- the three DecAF calls -----
-
-    def object_class(
-        self, video_frames: Sequence[np.ndarray], expression: str
-    ) -> tuple[AttentionResult, AttentionResult]:
-        question = prompts.object_class_prompt(expression, self._version("obj"))
-        return self._both_levels(video_frames, question, generate=True)
-
-    def background(
-        self, video_frames: Sequence[np.ndarray], obj_name: str, expression: str | None = None
-    ) -> tuple[AttentionResult, AttentionResult]:
-        question = prompts.background_prompt(obj_name, expression, self._version("bg"))
-        return self._both_levels(video_frames, question, generate=False)
-
-    def choose_object(self, expression: str, candidates: Sequence[str]) -> str:
-        ids = self.choice_prompt_ids(expression, candidates).to(self.device)
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), **self._generation_kwargs()
-            )
-        return self._decode(out[:, ids.shape[1] :])[0].lower()
+        self.video_token_id: int = int(self.model.config.video_token_id)
+        self.image_token_id: int = int(self.model.config.image_token_id)
+        self._accepts_seconds = "second_per_grid_ts" in inspect.signature(self.model.forward).parameters
+        self._vision_cache: BoundedCache[str, _Visual] = BoundedCache(max_items=_VISION_CACHE_SIZE)
 
     # ----- building blocks (public for tests and other callers) -----
 
@@ -155,16 +103,6 @@ class QwenVLAdapter:
         """(1, L) ids of the text-only object-choice prompt (§2 call 3)."""
         question = prompts.object_choice_prompt(expression, candidates, self._version("choice"))
         return self._prompt_ids(question, None, 0)
-
-    def video_level(
-        self, video_frames: Sequence[np.ndarray], question: str, generate: bool
-    ) -> AttentionResult:
-        return self._run(self._video_visual(video_frames), question, generate)
-
-    def frame_level(
-        self, video_frames: Sequence[np.ndarray], question: str, generate: bool
-    ) -> AttentionResult:
-        return self._run(self._frames_visual(video_frames), question, generate)
 
     def video_size(self, height: int, width: int) -> tuple[int, int]:
         """Pixel size of key frames in the video prompt (spec §3)."""
@@ -181,17 +119,8 @@ class QwenVLAdapter:
 
     # ----- internals -----
 
-    def _version(self, which: str) -> int:
-        return int(self.config.extra.get(f"prompt_{which}_version", self.config.prompt_version))
-
-    def _both_levels(
-        self, video_frames: Sequence[np.ndarray], question: str, generate: bool
-    ) -> tuple[AttentionResult, AttentionResult]:
-        frames = _check_frames(video_frames)
-        return self.video_level(frames, question, generate), self.frame_level(frames, question, generate)
-
-    def _video_visual(self, video_frames: Sequence[np.ndarray]) -> _Visual:
-        frames = _check_frames(video_frames)
+    def encode_video(self, video_frames: Sequence[np.ndarray]) -> _Visual:
+        frames = check_frames(video_frames)
         size = self.video_size(*frames[0].shape[:2])
         key = _cache_key("video", size, frames)
         if (cached := self._cached(key)) is not None:
@@ -208,8 +137,8 @@ class QwenVLAdapter:
             features = self.model.model.get_video_features(pixels, grid, return_dict=True).pooler_output
         return self._remember(key, _Visual("video", grid, tuple(features)))
 
-    def _frames_visual(self, video_frames: Sequence[np.ndarray]) -> _Visual:
-        frames = _check_frames(video_frames)
+    def encode_frames(self, video_frames: Sequence[np.ndarray]) -> _Visual:
+        frames = check_frames(video_frames)
         size = self.frame_size(*frames[0].shape[:2])
         key = _cache_key("image", size, frames)
         if (cached := self._cached(key)) is not None:
@@ -229,16 +158,10 @@ class QwenVLAdapter:
         return self._remember(key, _Visual("image", torch.cat(grids), tuple(features)))
 
     def _cached(self, key: str) -> _Visual | None:
-        visual = self._vision_cache.get(key)
-        if visual is not None:
-            self._vision_cache.move_to_end(key)
-        return visual
+        return self._vision_cache.get(key)
 
     def _remember(self, key: str, visual: _Visual) -> _Visual:
-        self._vision_cache[key] = visual
-        while len(self._vision_cache) > _VISION_CACHE_SIZE:
-            self._vision_cache.popitem(last=False)
-        return visual
+        return self._vision_cache.put(key, visual)
 
     def _video_processor_kwargs(self) -> dict[str, Any]:
         # transformers 5 warns on every video call unless told; we resize ourselves anyway
@@ -278,16 +201,7 @@ class QwenVLAdapter:
             stop = min(n_items, start + step)
             ids = ids_one.expand(stop - start, -1).to(self.device)
             inputs = self._model_inputs(ids, visual, start, stop)
-            answers: list[str] = []
-            with torch.inference_mode(), capture_qk(self.model, self.rollout_layers) as cap:
-                if generate:
-                    out = self.model.generate(**inputs, **self._generation_kwargs())
-                    answers = self._decode(out[:, ids.shape[1] :])
-                else:
-                    self.model(**inputs, use_cache=False, logits_to_keep=1)
-                q_list, k_list = cap.q_list(), cap.k_list()
-            yield q_list, k_list, answers
-            del q_list, k_list, cap  # free this batch's Q/K before the next prefill captures its own
+            yield self._prefill_batch(inputs, ids.shape[1], generate, self.model)
 
     def _question_ids(self, visual: _Visual, question: str) -> torch.Tensor:
         grid = visual.grid_thw
@@ -305,7 +219,7 @@ class QwenVLAdapter:
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[int, int]]:
         """Q/K of the rollout layers from one prefill of a video-level prompt, and its visual range
         (for benchmarks and checks that compare rollout implementations on the model's own Q/K)."""
-        visual = self._video_visual(video_frames)
+        visual = self.encode_video(video_frames)
         q_list, k_list, _ = next(self._prefills(visual, question, generate=False))
         return q_list, k_list, self._visual_range(visual, self._question_ids(visual, question))
 
@@ -355,36 +269,6 @@ class QwenVLAdapter:
             seconds = self.temporal_patch_size / _KEY_FRAME_FPS
             inputs["second_per_grid_ts"] = torch.full((stop - start,), seconds, device=self.device)
         return inputs
-
-    def _generation_kwargs(self) -> dict[str, Any]:
-        # greedy as in the reference; the checkpoint's own generation config (eos, penalties) still applies
-        return {
-            "max_new_tokens": int(self.config.max_new_tokens),
-            "do_sample": False,
-            "num_beams": 1,
-            "temperature": None,
-            "top_p": None,
-            "top_k": None,
-            "use_cache": True,
-        }
-
-    def _decode(self, new_tokens: torch.Tensor) -> list[str]:
-        texts = self.processor.batch_decode(
-            new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        return [t.strip() for t in texts]
-
-
-def _check_frames(video_frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-    frames = [np.asarray(f) for f in video_frames]
-    if not frames:
-        raise DecafError("no key frames were given to the MLLM")
-    for f in frames:
-        if f.ndim != 3 or f.shape[2] != 3 or f.shape != frames[0].shape:
-            raise DecafError(
-                f"key frames must all be HxWx3 RGB of one size, got {f.shape} and {frames[0].shape}"
-            )
-    return frames
 
 
 def _cache_key(kind: str, size: tuple[int, int], frames: Sequence[np.ndarray]) -> str:
