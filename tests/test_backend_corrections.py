@@ -141,7 +141,8 @@ def _second_user(ls: Any, email: str = "b@example.com", password: str = "bpasswo
     """A second annotator of the organization, with a legacy token (made through Django's shell)."""
     import subprocess
 
-    from tests.ls_server import _ls_env, _manage_py, ls_venv
+    from decaf_backend.labelstudio_server import _manage_py, ls_venv
+    from decaf_backend.labelstudio_server import ls_environment as _ls_env
 
     venv = ls_venv()
     env = _ls_env(ls.data_dir, ls.media_root, ls.username, ls.password, ls.token)

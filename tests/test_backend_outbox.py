@@ -71,7 +71,8 @@ def test_a_deferred_prediction_posted_exactly_once_even_when_posted_again(media:
 
 def _restart(ls: Any) -> None:
     """Start the same Label Studio again (same data dir, port and token) after `ls.stop()`."""
-    from tests.ls_server import _ls_env, _wait_healthy, ls_executable
+    from decaf_backend.labelstudio_server import _wait_healthy, ls_executable
+    from decaf_backend.labelstudio_server import ls_environment as _ls_env
 
     port = ls.url.rsplit(":", 1)[1]
     env = _ls_env(ls.data_dir, ls.media_root, ls.username, ls.password, ls.token)
