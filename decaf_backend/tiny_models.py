@@ -16,7 +16,7 @@ DEFAULT_SEEDS = {
     "qwen2_vl": 2,
     "internvl3": 0,
     "llava_onevision": 0,
-    "qwen3_vl": 0,
+    "qwen3_vl": 1,
     "sam2": 0,
 }
 
