@@ -109,7 +109,7 @@ def test_a_rebuilt_session_gives_what_the_live_one_gives(pipeline, synthetic_vid
     undone = pipeline.correct(live, prompts[:2], video=synthetic_video)
     fresh = pipeline.correct(replace(seg, session=None), prompts[:2], video=synthetic_video)
     assert undone.session is not live.session and _same(undone, fresh)
-    assert pipeline.correct(live, []).masks is seg.masks  # no prompt: the starting masks
+    assert pipeline.correct(seg, []) is seg  # no prompt: the segmentation as it is, no SAM2 call
 
 
 def test_bad_prompts_and_clicks_are_refused(pipeline, segmentation, synthetic_video):
