@@ -18,6 +18,7 @@ models loaded before the clock starts: the time is from the first task handed ou
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -61,6 +62,8 @@ class PrelabelWorker:
             dtype=models.dtype or "",
             model_dir=Path(models.model_dir) / f"worker-{id(self)}",  # nothing shared: every clip is computed
             session_cache_mb=0.0,
+            # the clips are local files: read from the root the runner exported to this worker
+            local_files_document_root=os.environ.get("LOCAL_FILES_DOCUMENT_ROOT", ""),
         )
         self.runtime = Runtime(settings)
         self.runtime.pipeline()

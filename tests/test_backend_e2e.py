@@ -345,8 +345,12 @@ def test_video_track_correction_through_the_annotation_webhook(
         assert item["type"] == "videorectangle" and visible_frames(item) <= set(range(1, N + 1))
     # the posted track is the re-propagated session's (random SAM2 weights may give the same boxes as before:
     # that the track follows the moved box is checked with the colour segmenter in test_backend_server.py)
-    task = ls.api("GET", f"/api/tasks/{tid}")
-    assert newest["result"] == _our_prediction(backend, project, config, task)["result"]
+    # corrections never replace the starting segmentation: the same annotation's tracks, asked again, give it
+    task = dict(ls.api("GET", f"/api/tasks/{tid}"), predictions=[first])
+    again = DecafVideoModel(project, config, runtime=backend["runtime"]).apply_corrections(
+        task, {"result": [track]}
+    )
+    assert again is not None and newest["result"] == again["result"]
 
 
 def test_opening_a_task_answers_fast_and_the_prediction_arrives_later(

@@ -84,11 +84,10 @@ def test_stage_b_confidence_is_per_frame_in_unit_range_and_follows_the_signals(p
 
 def test_a_correction_brings_new_per_frame_confidence(predictor) -> None:
     session = CorrectionSession(predictor, squares(), {2: _prompt(2)})
-    session.propagate()
+    assert session.masks.num_frames == N  # the starting state, propagated
     before = list(session.confidence)
     assert len(before) == N and before[2] == pytest.approx(frame_confidence(10.0, 1.0, True))
-    session.add([Click(5, 36.0, 22.0, True), Click(5, 60.0, 40.0, False)], [])
-    session.propagate()
+    session.extend([Click(5, 36.0, 22.0, True), Click(5, 60.0, 40.0, False)])
     after = session.confidence
     assert after is not None and len(after) == N and all(0.0 <= c <= 1.0 for c in after)
     assert after[5] != pytest.approx(before[5]), "the clicked frame's confidence is its click's decode"
