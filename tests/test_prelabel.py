@@ -161,7 +161,12 @@ def _version(env: dict[str, str]) -> str:
 def _masks(prediction: dict) -> np.ndarray:
     from decaf_backend.backend.results import masks_from_brush_items
 
-    return masks_from_brush_items(prediction["result"], N, H, W).to_array()
+    return masks_from_brush_items(_brushes(prediction), N, H, W).to_array()
+
+
+def _brushes(prediction: dict) -> list[dict]:
+    """The mask items of a prediction (it also carries the review text)."""
+    return [item for item in prediction["result"] if item["type"] == "brushlabels"]
 
 
 def _single_process(
@@ -210,7 +215,7 @@ class TestOnRealLabelStudioAndRay:
         reference = _single_process(ls, project, good, run_env, tmp_path / "reference_model_dir")
         for tid in good:
             (stored,) = _ours(ls, tid, version)
-            assert [item["item_index"] for item in stored["result"]] == list(range(N))
+            assert [item["item_index"] for item in _brushes(stored)] == list(range(N))
             np.testing.assert_array_equal(_masks(stored), _masks(reference[tid]), err_msg=f"task {tid}")
 
         # run again: nothing to do but the broken task, which fails again
