@@ -335,8 +335,6 @@ class DecafPipeline:
         start = live.prompt_masks if live is not None else starting_masks(seg)
         return CorrectionSession(self.predictor, reader, start)
 
-    rebuild_session = start_session
-
 
 def _check_in_frame(frame: int, x: float, y: float, n: int, width: int, height: int) -> None:
     if not 0 <= frame < n:

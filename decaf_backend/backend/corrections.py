@@ -26,6 +26,7 @@ import numpy as np
 
 from ..lru import BoundedCache
 from ..types import Box, Click, FrameMasks, VideoSegmentation
+from .session_cache import session_bytes
 
 Prompt = Click | Box
 ANSWERS_PER_OBJECT = 64  # answers remembered per object (an annotator accepts one of its last few)
@@ -142,7 +143,7 @@ class CorrectionSessions:
         return self.answers.prompts_for(key, draft) or []
 
     def _size(self, masks: FrameMasks) -> int:
-        return masks.num_frames * self.bytes_per_frame + masks.nbytes
+        return session_bytes(None, masks.num_frames, self.bytes_per_frame, masks.nbytes)
 
     def _put(self, key: Hashable, prompts: tuple, live: LiveSession) -> None:
         if self.cache.fits(live):
