@@ -135,6 +135,10 @@ class RVOSDataset:
     splits: dict[str, bool] = {}  # split → has public ground truth
     default_split = ""
     submission_prefix = ""  # folder the benchmark server wants above <video>/<exp_id>/<frame>.png
+    # the layout, relative to the root; "{split}" stands for the split
+    meta_file = ""  # the expression file
+    mask_file = ""  # the ground-truth mask file, where the benchmark has one
+    frames_dir = "{split}/JPEGImages"  # holds one frame folder per video
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
         self.root = Path(root)
@@ -153,7 +157,12 @@ class RVOSDataset:
     @property
     def meta_path(self) -> Path:
         """The expression file of this split."""
-        raise NotImplementedError
+        return self.root / self.meta_file.format(split=self.split)
+
+    @property
+    def mask_path(self) -> Path:
+        """The ground-truth mask file of this split."""
+        return self.root / self.mask_file.format(split=self.split)
 
     def expressions(self) -> list[Expression]:
         """Every expression of the split; a malformed entry anywhere raises DatasetProblems listing all."""
@@ -164,7 +173,14 @@ class RVOSDataset:
 
     def parse(self, problems: Problems) -> list[Expression]:
         """The well-formed expressions; each malformed entry is added to `problems` and left out."""
-        raise NotImplementedError
+        out = []
+        for vid, data, frames in self._videos(problems):
+            frame_dir = self._frame_dir(vid)
+            for exp_id, exp in expression_entries(self.meta_path, vid, data["expressions"], problems):
+                extras = self._expression_extras(data, exp)
+                expr = self._expression(vid, exp_id, exp, frames, frame_dir, problems, **extras)
+                out += [expr] if expr else []
+        return out
 
     def annotation_problems(self, exprs: Sequence[Expression], problems: Problems) -> None:
         """Add a problem for every missing or inconsistent piece of ground truth `exprs` need."""
@@ -181,6 +197,13 @@ class RVOSDataset:
     def _videos(self, problems: Problems) -> Iterator[tuple[str, dict, list]]:
         videos = read_json_object(self.meta_path, "videos")
         yield from video_entries(self.meta_path, videos, problems)
+
+    def _frame_dir(self, vid: str) -> Path:
+        return self.root / self.frames_dir.format(split=self.split) / vid
+
+    def _expression_extras(self, data: dict, exp: dict) -> dict[str, Any]:
+        """Reader-specific keyword arguments of an Expression."""
+        return {}
 
     def _expression(
         self, vid: str, exp_id: str, exp: dict, frames: list, frame_dir: Path, problems: Problems, **kw: Any
@@ -320,21 +343,10 @@ class RefYouTubeVOS(RVOSDataset):
     splits = {"train": True, "valid": False}
     default_split = "valid"
     submission_prefix = "Annotations"
+    meta_file = "meta_expressions/{split}/meta_expressions.json"
 
-    @property
-    def meta_path(self) -> Path:
-        return self.root / "meta_expressions" / self.split / "meta_expressions.json"
-
-    def parse(self, problems: Problems) -> list[Expression]:
-        out = []
-        for vid, data, frames in self._videos(problems):
-            frame_dir = self.root / self.split / "JPEGImages" / vid
-            if not frame_dir.is_dir():
-                continue
-            for exp_id, exp in expression_entries(self.meta_path, vid, data["expressions"], problems):
-                expr = self._expression(vid, exp_id, exp, frames, frame_dir, problems)
-                out += [expr] if expr else []
-        return out
+    def _videos(self, problems: Problems) -> Iterator[tuple[str, dict, list]]:
+        return (video for video in super()._videos(problems) if self._frame_dir(video[0]).is_dir())
 
     def annotation_problems(self, exprs: Sequence[Expression], problems: Problems) -> None:
         if self.has_gt:
@@ -360,14 +372,8 @@ class RefDAVIS17(RVOSDataset):
     name = "ref-davis17"
     splits = {"train": True, "valid": True}
     default_split = "valid"
-
-    @property
-    def meta_path(self) -> Path:
-        return self.root / "meta_expressions" / self.split / "meta_expressions.json"
-
-    @property
-    def mask_path(self) -> Path:
-        return self.root / self.split / "mask_dict.pkl"
+    meta_file = "meta_expressions/{split}/meta_expressions.json"
+    mask_file = "{split}/mask_dict.pkl"
 
     def parse(self, problems: Problems) -> list[Expression]:
         videos = read_json_object(self.meta_path, "videos")
@@ -378,7 +384,7 @@ class RefDAVIS17(RVOSDataset):
                 counter[(vid, exp_id)] = str(len(counter))
         out = []
         for vid, data, frames in video_entries(self.meta_path, videos, problems):
-            frame_dir = self.root / self.split / "JPEGImages" / vid
+            frame_dir = self._frame_dir(vid)
             for exp_id, exp in expression_entries(self.meta_path, vid, data["expressions"], problems):
                 expr = self._expression(vid, exp_id, {**exp, "anno_id": None}, frames, frame_dir, problems)
                 if expr:
@@ -412,23 +418,8 @@ class MeViS(RVOSDataset):
     aggregation = "mevis"
     splits = {"train": True, "valid_u": True, "valid": False}
     default_split = "valid_u"
-
-    @property
-    def meta_path(self) -> Path:
-        return self.root / self.split / "meta_expressions.json"
-
-    @property
-    def mask_path(self) -> Path:
-        return self.root / self.split / "mask_dict.json"
-
-    def parse(self, problems: Problems) -> list[Expression]:
-        out = []
-        for vid, data, frames in self._videos(problems):
-            frame_dir = self.root / self.split / "JPEGImages" / vid
-            for exp_id, exp in expression_entries(self.meta_path, vid, data["expressions"], problems):
-                expr = self._expression(vid, exp_id, exp, frames, frame_dir, problems)
-                out += [expr] if expr else []
-        return out
+    meta_file = "{split}/meta_expressions.json"
+    mask_file = "{split}/mask_dict.json"
 
     @cached_property
     def _mask_dict(self) -> dict[str, Any]:
@@ -452,14 +443,9 @@ class ReVOS(RVOSDataset):
     aggregation = "revos"
     splits = {"valid": True, "train": True}
     default_split = "valid"
-
-    @property
-    def meta_path(self) -> Path:
-        return self.root / f"meta_expressions_{self.split}_.json"
-
-    @property
-    def mask_path(self) -> Path:
-        return self.root / "mask_dict.json"
+    meta_file = "meta_expressions_{split}_.json"
+    mask_file = "mask_dict.json"
+    frames_dir = "JPEGImages"
 
     @property
     def foreground_path(self) -> Path:
@@ -486,7 +472,7 @@ class ReVOS(RVOSDataset):
                     exp_id,
                     exp,
                     frames,
-                    self.root / "JPEGImages" / vid,
+                    self._frame_dir(vid),
                     problems,
                     type_id=type_id,
                     size=size,
@@ -546,6 +532,8 @@ class ReasonVOS(RVOSDataset):
     name = "reasonvos"
     splits = {"test": True}
     default_split = "test"
+    mask_file = "mask_dict_v2.pkl"
+    frames_dir = "JPEGImages"
 
     @cached_property
     def _v2(self) -> bool:
@@ -555,21 +543,16 @@ class ReasonVOS(RVOSDataset):
     def meta_path(self) -> Path:
         return self.root / ("meta_expressions_v2.json" if self._v2 else "meta_expressions.json")
 
-    @property
-    def mask_path(self) -> Path:
-        return self.root / "mask_dict_v2.pkl"
+    def _videos(self, problems: Problems) -> Iterator[tuple[str, dict, list]]:
+        for vid, data, frames in super()._videos(problems):
+            yield (
+                vid,
+                data if self._v2 else reformat_reasonvos_video(vid, data, self.meta_path, problems),
+                frames,
+            )
 
-    def parse(self, problems: Problems) -> list[Expression]:
-        out = []
-        for vid, data, frames in self._videos(problems):
-            if not self._v2:
-                data = reformat_reasonvos_video(vid, data, self.meta_path, problems)
-            frame_dir = self.root / "JPEGImages" / vid
-            for exp_id, exp in expression_entries(self.meta_path, vid, data["expressions"], problems):
-                extra = {"is_sent": exp.get("is_sent"), "source": data.get("source")}
-                expr = self._expression(vid, exp_id, exp, frames, frame_dir, problems, extra=extra)
-                out += [expr] if expr else []
-        return out
+    def _expression_extras(self, data: dict, exp: dict) -> dict[str, Any]:
+        return {"extra": {"is_sent": exp.get("is_sent"), "source": data.get("source")}}
 
     @cached_property
     def _mask_dict(self) -> dict[str, Any] | None:

@@ -9,16 +9,8 @@ import numpy as np
 
 from ..errors import DecafError
 from ..types import FrameMasks
+from . import metrics
 from .datasets import Expression, RVOSDataset
-from .metrics import (
-    DEFAULT_BOUND_TH,
-    frame_scores,
-    mevis_aggregate,
-    pooled_percent_aggregate,
-    r2vos_accuracy,
-    r2vos_robustness,
-    revos_aggregate,
-)
 from .records import ExpressionRecord
 
 
@@ -27,7 +19,7 @@ def score_expression(
     expr: Expression,
     masks: FrameMasks,
     record: ExpressionRecord,
-    bound_th: float = DEFAULT_BOUND_TH,
+    bound_th: float = metrics.DEFAULT_BOUND_TH,
 ) -> None:
     """Fill J, F (per frame and mean) and, for ReVOS, A and R of `record` from `masks`."""
     fg_iter = dataset.foreground_masks(expr)
@@ -39,13 +31,13 @@ def score_expression(
             raise DecafError(
                 f"{expr.key} frame {expr.frames[i]}: mask {pred.shape} vs ground truth {gt.shape}"
             )
-        j, f = frame_scores(gt, pred, bound_th)
+        j, f = metrics.frame_scores(gt, pred, bound_th)
         record.j_frames.append(j)
         record.f_frames.append(f)
         if fg_iter is not None:
             raw_pred = pred.astype(np.uint8) * 255  # the 0/255 PNG values the official tool reads
-            a_vals.append(r2vos_accuracy(gt, raw_pred))
-            r_vals.append(r2vos_robustness(gt, raw_pred, next(fg_iter)))
+            a_vals.append(metrics.r2vos_accuracy(gt, raw_pred))
+            r_vals.append(metrics.r2vos_robustness(gt, raw_pred, next(fg_iter)))
         n += 1
     if n != len(expr.frames):
         raise DecafError(f"{expr.key}: ground truth has {n} frames, the JSON lists {len(expr.frames)}")
@@ -63,8 +55,8 @@ def aggregate(records: Sequence[ExpressionRecord], protocol: str) -> dict[str, A
             row.update(a=r.a or 0.0, r=r.r or 0.0)
         rows.append(row)
     if protocol == "mevis":
-        m = mevis_aggregate([r["j"] for r in rows], [r["f"] for r in rows])
+        m = metrics.mevis_aggregate([r["j"] for r in rows], [r["f"] for r in rows])
         return {"overall": {"J": 100 * m["J"], "F": 100 * m["F"], "JF": 100 * m["JF"], "count": m["count"]}}
     if protocol == "revos":
-        return revos_aggregate([r for r in rows if r["type_id"] is not None])
-    return {"overall": pooled_percent_aggregate(rows)}
+        return metrics.revos_aggregate([r for r in rows if r["type_id"] is not None])
+    return {"overall": metrics.pooled_percent_aggregate(rows)}

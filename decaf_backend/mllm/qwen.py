@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,11 +120,27 @@ class QwenVLAdapter(DecafCalls):
     # ----- internals -----
 
     def encode_video(self, video_frames: Sequence[np.ndarray]) -> _Visual:
+        return self._cached_encoding("video", self.video_size, video_frames, self._encode_video)
+
+    def encode_frames(self, video_frames: Sequence[np.ndarray]) -> _Visual:
+        return self._cached_encoding("image", self.frame_size, video_frames, self._encode_frames)
+
+    def _cached_encoding(
+        self,
+        kind: str,
+        size_of: Callable[[int, int], tuple[int, int]],
+        video_frames: Sequence[np.ndarray],
+        encode: Callable[[list[np.ndarray], tuple[int, int]], _Visual],
+    ) -> _Visual:
         frames = check_frames(video_frames)
-        size = self.video_size(*frames[0].shape[:2])
-        key = _cache_key("video", size, frames)
-        if (cached := self._cached(key)) is not None:
-            return cached
+        size = size_of(*frames[0].shape[:2])
+        key = _cache_key(kind, size, frames)
+        visual = self._vision_cache.get(key)
+        if visual is None:
+            visual = self._vision_cache.put(key, encode(frames, size))
+        return visual
+
+    def _encode_video(self, frames: list[np.ndarray], size: tuple[int, int]) -> _Visual:
         clip = [resize_frame(f, size) for f in frames]
         if len(clip) % self.temporal_patch_size:  # qwen-vl-utils: repeat the last frame up to an even count
             clip += [clip[-1]] * (self.temporal_patch_size - len(clip) % self.temporal_patch_size)
@@ -135,14 +151,9 @@ class QwenVLAdapter(DecafCalls):
         with torch.inference_mode():
             pixels = processed["pixel_values_videos"].to(self.device)
             features = self.model.model.get_video_features(pixels, grid, return_dict=True).pooler_output
-        return self._remember(key, _Visual("video", grid, tuple(features)))
+        return _Visual("video", grid, tuple(features))
 
-    def encode_frames(self, video_frames: Sequence[np.ndarray]) -> _Visual:
-        frames = check_frames(video_frames)
-        size = self.frame_size(*frames[0].shape[:2])
-        key = _cache_key("image", size, frames)
-        if (cached := self._cached(key)) is not None:
-            return cached
+    def _encode_frames(self, frames: list[np.ndarray], size: tuple[int, int]) -> _Visual:
         grids, features = [], []
         step = max(1, int(self.config.frame_batch_size))
         for start in range(0, len(frames), step):
@@ -155,13 +166,7 @@ class QwenVLAdapter(DecafCalls):
                     self.model.model.get_image_features(pixels, grid, return_dict=True).pooler_output
                 )
             grids.append(grid)
-        return self._remember(key, _Visual("image", torch.cat(grids), tuple(features)))
-
-    def _cached(self, key: str) -> _Visual | None:
-        return self._vision_cache.get(key)
-
-    def _remember(self, key: str, visual: _Visual) -> _Visual:
-        return self._vision_cache.put(key, visual)
+        return _Visual("image", torch.cat(grids), tuple(features))
 
     def _video_processor_kwargs(self) -> dict[str, Any]:
         # transformers 5 warns on every video call unless told; we resize ourselves anyway

@@ -54,7 +54,11 @@ class Sam2Files:
     config: Any
     checkpoint: Path
     source: str
-    random_weights: bool = False
+
+    @property
+    def random_weights(self) -> bool:
+        """Test models built by `make-tiny-models` say so in their config."""
+        return bool(self.config.get("random_weights", False))
 
 
 def autocast_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
@@ -138,7 +142,7 @@ def _local_files(path: Path, config: str | Path | None) -> Sam2Files:
     if config is None:
         config = _find_config(checkpoint)
     cfg = load_sam2_config(config)
-    return Sam2Files(cfg, checkpoint, str(path), bool(cfg.get("random_weights", False)))
+    return Sam2Files(cfg, checkpoint, str(path))
 
 
 def _find_config(checkpoint: Path) -> str | Path:

@@ -239,24 +239,10 @@ class Sam2VideoPredictor:
             max_frame_num_to_track=max_frame_num_to_track,
             reverse=reverse,
         )
-        while True:
-            # autocast is thread-local state: enter it per step, never across a yield to the caller
-            with self._lock, self._context():
-                self._signals.clear()
-                try:
-                    f, obj_ids, logits = next(steps)
-                except StopIteration:
-                    return
-                except RuntimeError as exc:
-                    if "No input points or masks" in str(exc):
-                        raise PromptError("nothing to propagate: add points, a box or a mask first") from exc
-                    raise
-                self._signals.store_step(state, int(f), obj_ids)
-            if int(f) == skip:
-                continue
+        for f, obj_ids, logits in self._steps_under_lock(steps, state, skip, keep_signals=True):
             if state.get(_FORGET_HISTORY):
-                self._forget_old_frames(state, int(f), reverse)
-            yield int(f), list(obj_ids), _logits(logits)
+                self._forget_old_frames(state, f, reverse)
+            yield f, obj_ids, _logits(logits)
 
     def propagate_together(
         self,
@@ -276,14 +262,35 @@ class Sam2VideoPredictor:
         steps = batched.propagate_together(
             self.model, state, start_frame_idx, max_frame_num_to_track, reverse
         )
+        for f, obj_ids, logits in self._steps_under_lock(steps, state, skip, keep_signals=False):
+            yield f, obj_ids, _logits(logits)
+
+    def _steps_under_lock(
+        self,
+        steps: Iterator[tuple[Any, Any, torch.Tensor]],
+        state: dict[str, Any],
+        skip: int,
+        keep_signals: bool,
+    ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
+        """Advance a sam2 propagation one frame at a time under the predictor's lock and autocast, and
+        leave frame `skip` out. Neither is held across a yield to the caller: autocast is thread-local
+        state, and other sessions take their turn on the model between frames."""
         while True:
-            with self._lock, self._context():  # per step: autocast must not cross a yield
+            with self._lock, self._context():
+                if keep_signals:
+                    self._signals.clear()
                 try:
                     f, obj_ids, logits = next(steps)
                 except StopIteration:
                     return
+                except RuntimeError as exc:
+                    if "No input points or masks" in str(exc):
+                        raise PromptError("nothing to propagate: add points, a box or a mask first") from exc
+                    raise
+                if keep_signals:
+                    self._signals.store_step(state, int(f), obj_ids)
             if int(f) != skip:
-                yield int(f), list(obj_ids), _logits(logits)
+                yield int(f), list(obj_ids), logits
 
     def forget_tracking_history(self, state: dict[str, Any]) -> None:
         """Let propagation drop per-frame memories it will not read again (long videos, one-way states).
