@@ -209,8 +209,9 @@ def timing_our_rollout(meter: StageMeter) -> Iterator[None]:
 class LiteralReference:
     """The reference's MLLM computation on our loaded Qwen2.5-VL (see the module docstring)."""
 
-    def __init__(self, pipeline: DecafPipeline, meter: StageMeter) -> None:
+    def __init__(self, pipeline: DecafPipeline, meter: StageMeter, keep_attentions: bool = False) -> None:
         self.adapter = pipeline.mllm
+        self.keep_attentions = keep_attentions
         self.model = pipeline.mllm.model
         self.config = pipeline.config
         self.meter = meter
@@ -240,7 +241,8 @@ class LiteralReference:
             return out, weights
 
         self.model.set_attn_implementation("eager")
-        modeling.eager_attention_forward = literal_attention
+        if not self.keep_attentions:
+            modeling.eager_attention_forward = literal_attention
         try:
             yield
         finally:
@@ -265,10 +267,30 @@ class LiteralReference:
         positions = torch.nonzero(ids[0] == token).flatten()
         self.visual_range, self.chain = (int(positions[0]), int(positions[-1])), None
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **self.adapter._generation_kwargs())
+            if self.keep_attentions:
+                out = self.model.generate(
+                    **inputs,
+                    **self.adapter._generation_kwargs(),
+                    output_attentions=True,
+                    return_dict_in_generate=True,
+                )
+                self._fold_kept(out.attentions[0])
+                out = out.sequences
+            else:
+                out = self.model.generate(**inputs, **self.adapter._generation_kwargs())
         rows = self.chain[:, -1, :].float().cpu()
         self.chain = None
         return rows, self.adapter._decode(out[:, ids.shape[1] :])
+
+    def _fold_kept(self, prefill_attentions: tuple[torch.Tensor, ...]) -> None:
+        """HF's `output_attentions=True`: every layer's (B, H, L, L) probabilities of the prefill, all held
+        until generation ends; the rollout chain is then folded over the rollout layers."""
+        start = time.perf_counter()
+        for layer in sorted(self.adapter.rollout_layers):
+            self.chain = reference_layer_step(
+                prefill_attentions[layer].float(), self.visual_range, self.chain
+            )
+        self.meter.add_rollout(time.perf_counter() - start)
 
     def _video_prompt(self, frames: list[np.ndarray], question: str) -> AttentionResult:
         adapter = self.adapter
@@ -359,10 +381,11 @@ def run_pass(
     key_indices: list[int],
     prompt: str,
     meter: StageMeter,
+    keep_attentions: bool = False,
 ) -> dict[str, Any]:
     """One DecAF pass, stage by stage; `name` is "reference" or "ours"."""
     adapter, cfg = pipeline.mllm, pipeline.config
-    reference = LiteralReference(pipeline, meter) if name == "reference" else None
+    reference = LiteralReference(pipeline, meter, keep_attentions) if name == "reference" else None
     adapter.clear_cache()
     hooks = reference.installed() if reference else timing_our_rollout(meter)
     with hooks:
@@ -472,6 +495,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=["both", "ours", "reference"], default="both", help="growth table: one side only"
     )
+    parser.add_argument(
+        "--attentions",
+        choices=["folded", "kept"],
+        default="folded",
+        help="reference side: fold each rollout layer inside the forward (the reference's custom attention "
+        "class), or keep HF's output_attentions of every layer until generation ends (28·B·H·L² fp32)",
+    )
+    parser.add_argument(
+        "--frame-batch",
+        type=int,
+        default=None,
+        help="frame prompts per batch, both sides (default: config's 8)",
+    )
     return parser.parse_args(argv)
 
 
@@ -489,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides: dict[str, Any] = {"num_key_frames": min(args.frames, 64)}
         if args.max_new_tokens:
             overrides["max_new_tokens"] = args.max_new_tokens
+        if args.frame_batch:
+            overrides["frame_batch_size"] = args.frame_batch
         config = DecafConfig.from_env(**overrides)
         pipeline = DecafPipeline.from_pretrained(
             mllm=str(paths["mllm"]), sam2=str(paths["sam2"]), device=str(device), config=config
@@ -512,7 +550,14 @@ def main(argv: list[str] | None = None) -> int:
         for side in sides:
             meters[side] = StageMeter(device)
             results[side] = run_pass(
-                side, pipeline, key_frames, reader, key_indices, args.prompt, meters[side]
+                side,
+                pipeline,
+                key_frames,
+                reader,
+                key_indices,
+                args.prompt,
+                meters[side],
+                keep_attentions=args.attentions == "kept",
             )
             print(f"{side}: {results[side]['num_points']} points, object {results[side]['object_name']!r}")
         reader.close()
@@ -525,7 +570,13 @@ def main(argv: list[str] | None = None) -> int:
             for s in sides
         )
         print(f"{stage:<16}{cells}")
-    summary: dict[str, Any] = {"size": args.size, "frames": args.frames, "device": str(device)}
+    summary: dict[str, Any] = {
+        "size": args.size,
+        "frames": args.frames,
+        "device": str(device),
+        "attentions": args.attentions,
+        "frame_batch": config.frame_batch_size,
+    }
     for s in sides:
         summary[f"{s}_mllm_s"] = meters[s].mllm_seconds
         summary[f"{s}_mllm_cpu_s"] = meters[s].mllm_cpu_seconds

@@ -92,9 +92,14 @@ def test_bench_pipeline_full_needs_cuda() -> None:
 
 
 @pytest.mark.slow  # builds the tiny models and runs every prompt twice (reference and ours)
-def test_bench_reference_tiny() -> None:
-    """Reference computation and ours on the tiny models: same rollouts, fused map, points and masks."""
-    out = run_ok("bench_reference.py", "--size tiny --frames 4 --height 56 --width 84 --max-new-tokens 2")
+@pytest.mark.parametrize("attentions", ["folded", "kept"])
+def test_bench_reference_tiny(attentions: str) -> None:
+    """Reference computation (rollout folded per layer, or HF's output_attentions kept for every layer)
+    and ours on the tiny models: same rollouts, fused map, points and masks."""
+    out = run_ok(
+        "bench_reference.py",
+        f"--size tiny --frames 4 --height 56 --width 84 --max-new-tokens 2 --attentions {attentions}",
+    )
     find(r"^size=tiny device=cpu dtype=float32 frames=4 84x56 key frames=4 video prompt L=\d+ ", out)
     for stage in ("mllm_object", "mllm_background", "rollout", "fusion", "sam2_stage_a", "sam2_stage_b"):
         find(rf"^{stage}\s+{NUMBER}\s+", out)
@@ -104,6 +109,7 @@ def test_bench_reference_tiny() -> None:
     assert summary["max_abs_diff_rollout"] < ROLLOUT_TOLERANCE
     assert summary["max_abs_diff_fused"] < 1e-5
     assert summary["points_equal"] and summary["masks_equal"] and summary["answers_equal"]
+    assert summary["attentions"] == attentions
 
 
 def test_bench_reference_full_needs_cuda() -> None:
