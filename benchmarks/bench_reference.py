@@ -8,10 +8,10 @@ Same video (a red disc over texture, H.264), same prompt, same loaded models, ru
              probabilities of every head (B, H, L, L), the head-weighted L×L matrix and the L×L×L chain
              R ← Ã_l·R, folded inside the layer loop as the reference's custom attention class does. SAM2
              stage A adds the candidates one by one and sam2 caches one frame's image features.
-             (HF's `output_attentions=True` would in addition keep every layer's (B, H, L, L) tensor until
-             the forward ends: 28 × 1.2 GB at L = 3281, more than this 24 GB machine has; the reference's
-             custom class folds the rollout per layer instead, which is what is measured. The baseline is
-             therefore, if anything, cheaper than the reference's own run.)
+             That is `--attentions folded` (the default: cheaper than the reference's own run, never
+             dearer). `--attentions kept` takes `output_attentions=True` literally: HF holds every layer's
+             (B, H, L, L) probabilities of the prefill until generation ends (28 × 1.2 GB at L = 3281, more
+             than a 24 GB machine has; run it at fewer frames and with `--frame-batch 1`).
   ours       decaf_backend as the pipeline runs it: one prefill with post-RoPE Q/K capture (sdpa),
              blockwise last-row rollout, prefill-only background prompts, cached vision features, short
              answers from the prefill's KV cache; SAM2 stage A batched over a key frame's candidates.
