@@ -175,23 +175,34 @@ def _layer_pass(
     # the block size (summing per block would move them by ~1e-7)
     row_max = torch.zeros(num_heads, n, dtype=torch.float32, device=device)
     u = torch.zeros(num_heads, n, dtype=torch.float32, device=device)
+    side = min(block_rows, n)
+    future = torch.ones(side, side, dtype=torch.bool, device=device).triu_(1)
+    # softmax is left unnormalised: the row sums scale v (a block of rows) and the visual maxima (one per
+    # row) instead of the whole block, and everything happens in place: the block is written once and read
+    # three times (row max, exp, product), which is what a memory-bound CPU pays for
     for h0 in range(0, num_heads, heads_per_block):
-        heads = torch.arange(h0, min(h0 + heads_per_block, num_heads), device=device)
-        k_heads = k32[heads // group]  # GQA: query head h reads KV head h // group
+        h1 = min(h0 + heads_per_block, num_heads)
+        k_heads = k32[
+            torch.arange(h0, h1, device=device) // group
+        ]  # GQA: query head h reads KV head h // group
         for r0 in range(0, n, block_rows):
             r1 = min(r0 + block_rows, n)
-            # causality: rows < r1 never see keys >= r1, so the block needs keys 0..r1-1 only
-            scores = torch.matmul(q[heads, r0:r1].float(), k_heads[:, :r1].transpose(1, 2)) * scale
-            rows_idx = torch.arange(r0, r1, device=device)[:, None]
-            future = torch.arange(r1, device=device)[None, :] > rows_idx
-            probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)  # (h, b, r1)
+            # causality: rows < r1 never see keys >= r1, and only the block's diagonal square sees the future
+            scores = torch.matmul(q[h0:h1, r0:r1].float(), k_heads[:, :r1].transpose(1, 2)).mul_(scale)
+            scores[..., r0:r1].masked_fill_(future[: r1 - r0, : r1 - r0], float("-inf"))
+            top = scores.amax(dim=-1, keepdim=True)  # (h, b, 1)
+            visual_top = None
             if visual_positions is not None:
                 seen = visual_positions[visual_positions < r1]
                 if seen.numel():
-                    row_max[heads, r0:r1] = probs[..., seen].amax(dim=-1)
+                    visual_top = scores[..., seen].amax(dim=-1)
             elif v0 < r1:
-                row_max[heads, r0:r1] = probs[..., v0 : min(v1, r1 - 1) + 1].amax(dim=-1)
-            u[heads, :r1] += torch.einsum("i,hij->hj", v[r0:r1], probs)
+                visual_top = scores[..., v0 : min(v1, r1 - 1) + 1].amax(dim=-1)
+            exps = scores.sub_(top).exp_()  # (h, b, r1): probabilities times their row sums
+            sums = exps.sum(dim=-1)  # (h, b)
+            if visual_top is not None:  # max of the probabilities = exp(max score - top) / sum
+                row_max[h0:h1, r0:r1] = torch.exp(visual_top - top[..., 0]) / sums
+            u[h0:h1, :r1] += torch.matmul((v[r0:r1] / sums).unsqueeze(1), exps).squeeze(1)
     weights = _weights_from_row_max_sums(row_max.sum(dim=-1), n)
     return _sweep_step(v, u, weights), weights
 
