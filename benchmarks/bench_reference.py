@@ -502,12 +502,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="reference side: fold each rollout layer inside the forward (the reference's custom attention "
         "class), or keep HF's output_attentions of every layer until generation ends (28·B·H·L² fp32)",
     )
-    parser.add_argument(
-        "--frame-batch",
-        type=int,
-        default=None,
-        help="frame prompts per batch, both sides (default: config's 8)",
-    )
+    parser.add_argument("--frame-batch", type=int, default=None, help="frame prompts per batch (both sides)")
     return parser.parse_args(argv)
 
 
