@@ -182,9 +182,8 @@ def _layer_pass(
     # three times (row max, exp, product), which is what a memory-bound CPU pays for
     for h0 in range(0, num_heads, heads_per_block):
         h1 = min(h0 + heads_per_block, num_heads)
-        k_heads = k32[
-            torch.arange(h0, h1, device=device) // group
-        ]  # GQA: query head h reads KV head h // group
+        # GQA: query head h reads KV head h // group
+        k_heads = k32[torch.arange(h0, h1, device=device) // group]
         for r0 in range(0, n, block_rows):
             r1 = min(r0 + block_rows, n)
             # causality: rows < r1 never see keys >= r1, and only the block's diagonal square sees the future

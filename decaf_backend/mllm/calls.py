@@ -1,13 +1,15 @@
 """DecAF's three MLLM calls (spec §2), written once for every adapter family.
 
-The base keeps what every adapter holds (model, processor, config, rollout layers); a family adapter provides
+The base keeps what every adapter holds (model, processor, config, rollout layers, the vision cache keyed by
+pixel content); a family adapter provides its vision encodings (`_encode_video` / `_encode_frames`),
 `video_level` / `frame_level` (one prompt kind at both levels) and `choice_prompt_ids`, and this base turns
 those into the object-class, background and object-choice calls, with the reference's greedy decoding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,11 +17,14 @@ import torch
 
 from ..config import DecafConfig
 from ..errors import DecafError
+from ..lru import BoundedCache
 from ..types import AttentionResult
 from . import prompts
 from .qk_capture import capture_qk
 
 __all__ = ["DecafCalls", "check_frames"]
+
+_VISION_CACHE_SIZE = 4  # encodings kept: the object and background prompts of a clip share theirs
 
 
 class DecafCalls:
@@ -46,6 +51,7 @@ class DecafCalls:
             raise DecafError(f"rollout_start_layer {start} is outside 0..{self.num_layers - 1}")
         self.tokens_per_frame: int = int(self.config.tokens_per_frame)
         self.frame_scale: int = int(self.config.frame_scale)
+        self._vision_cache: BoundedCache[str, Any] = BoundedCache(max_items=_VISION_CACHE_SIZE)
 
     @property
     def rollout_layers(self) -> range:
@@ -87,14 +93,37 @@ class DecafCalls:
         """One prompt per key frame (§2), batched."""
         return self._run(self.encode_frames(video_frames), question, generate)
 
-    # ----- provided by the family adapter -----
-
     def encode_video(self, video_frames: Sequence[np.ndarray]) -> Any:
         """The clip through the vision tower once (cached per pixel content)."""
-        raise NotImplementedError
+        return self._cached_encoding("video", video_frames, self._encode_video)
 
     def encode_frames(self, video_frames: Sequence[np.ndarray]) -> Any:
         """Each key frame through the vision tower once (cached per pixel content)."""
+        return self._cached_encoding("image", video_frames, self._encode_frames)
+
+    def clear_cache(self) -> None:
+        self._vision_cache.clear()
+
+    def _cached_encoding(
+        self, kind: str, video_frames: Sequence[np.ndarray], encode: Callable[[list[np.ndarray]], Any]
+    ) -> Any:
+        frames = check_frames(video_frames)
+        key = _cache_key(kind, frames)
+        visual = self._vision_cache.get(key)
+        if visual is None:
+            with torch.inference_mode():
+                visual = encode(frames)
+            self._vision_cache.put(key, visual)
+        return visual
+
+    # ----- provided by the family adapter -----
+
+    def _encode_video(self, frames: list[np.ndarray]) -> Any:
+        """The checked key frames as one clip through the vision tower."""
+        raise NotImplementedError
+
+    def _encode_frames(self, frames: list[np.ndarray]) -> Any:
+        """Each checked key frame through the vision tower."""
         raise NotImplementedError
 
     def _run(self, visual: Any, question: str, generate: bool) -> AttentionResult:
@@ -159,3 +188,12 @@ def check_frames(video_frames: Sequence[np.ndarray]) -> list[np.ndarray]:
                 f"key frames must all be HxWx3 RGB of one size, got {f.shape} and {frames[0].shape}"
             )
     return [np.require(f, np.uint8, ["C", "W"]) for f in frames]
+
+
+def _cache_key(kind: str, frames: Sequence[np.ndarray]) -> str:
+    """A digest of the prompt kind and the frames' pixels (checked: C-contiguous uint8 of one size)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{kind}:{len(frames)}:{frames[0].shape}".encode())
+    for f in frames:
+        digest.update(f.data)
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ prompts, and one vision encoding per pixel content shared by object and backgrou
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,15 +18,12 @@ import numpy as np
 import torch
 
 from ..errors import DecafError
-from ..lru import BoundedCache
 from ..rollout import rollout_last_row_from_qk
 from ..types import AttentionResult
 from . import prompts
 from .calls import DecafCalls, check_frames
 
 __all__ = ["EncodedVisual", "PrefillAdapter", "check_frames"]
-
-_VISION_CACHE_SIZE = 4
 
 
 @dataclass
@@ -49,17 +45,7 @@ class PrefillAdapter(DecafCalls):
     # head weights over the exact visual positions (InternVL reference) instead of the first-to-last span
     exact_visual_positions: bool = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # model, processor, config, name, random_weights
-        super().__init__(*args, **kwargs)
-        self._vision_cache: BoundedCache[str, EncodedVisual] = BoundedCache(max_items=_VISION_CACHE_SIZE)
-
     # ----- building blocks (public for tests) -----
-
-    def encode_video(self, video_frames: Sequence[np.ndarray]) -> EncodedVisual:
-        return self._cached_encoding("video", video_frames, self._encode_video)
-
-    def encode_frames(self, video_frames: Sequence[np.ndarray]) -> EncodedVisual:
-        return self._cached_encoding("image", video_frames, self._encode_frames)
 
     def prompt_ids(self, question: str, visual: EncodedVisual | None) -> torch.Tensor:
         """(1, L) ids of one prompt: [system turn], user turn [visual item, question], assistant header."""
@@ -98,20 +84,7 @@ class PrefillAdapter(DecafCalls):
         q_list, k_list, _ = next(self._prefills(visual, ids, generate=False))
         return ids, q_list, k_list
 
-    def clear_cache(self) -> None:
-        self._vision_cache.clear()
-
     # ----- internals -----
-
-    def _cached_encoding(self, kind: str, video_frames: Sequence[np.ndarray], encode: Any) -> EncodedVisual:
-        frames = check_frames(video_frames)
-        key = _cache_key(kind, frames)
-        visual = self._vision_cache.get(key)
-        if visual is None:
-            with torch.inference_mode():
-                visual = encode(frames)
-            self._vision_cache.put(key, visual)
-        return visual
 
     def _prefills(
         self, visual: EncodedVisual, ids_one: torch.Tensor, generate: bool
@@ -163,12 +136,6 @@ class PrefillAdapter(DecafCalls):
 
     # ----- family hooks -----
 
-    def _encode_video(self, frames: list[np.ndarray]) -> EncodedVisual:
-        raise NotImplementedError
-
-    def _encode_frames(self, frames: list[np.ndarray]) -> EncodedVisual:
-        raise NotImplementedError
-
     def _placeholder(self, kind: str) -> str:
         """What the chat template writes for a {"type": kind} item."""
         raise NotImplementedError
@@ -188,11 +155,3 @@ class PrefillAdapter(DecafCalls):
     def _tokens_to_map(self, values: np.ndarray, visual: EncodedVisual) -> np.ndarray:
         """One prompt's visual-token values in sequence order → its (t, h, w) map."""
         return values.reshape(visual.map_shape)
-
-
-def _cache_key(kind: str, frames: Sequence[np.ndarray]) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{kind}:{len(frames)}:{frames[0].shape}".encode())
-    for f in frames:
-        digest.update(f.data)
-    return digest.hexdigest()

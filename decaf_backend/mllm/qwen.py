@@ -9,10 +9,9 @@ Vision-encoder outputs are cached per pixel content, so object and background pr
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +22,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import DecafError
 from ..fusion import rollout_to_map
-from ..lru import BoundedCache
 from ..rollout import rollout_last_row_from_qk
 from ..types import AttentionResult
 from . import prompts
-from .calls import DecafCalls, check_frames
+from .calls import DecafCalls
 
 __all__ = ["QWEN_MODEL_TYPES", "QwenVLAdapter", "resize_frame", "smart_resize", "video_frame_size"]
 
@@ -38,7 +36,6 @@ _MIN_PIXELS = 4 * 28 * 28
 _MAX_PIXELS = 16384 * 28 * 28
 # the reference gives its key frames no timing, so the Qwen processor's default fps of 2 applies
 _KEY_FRAME_FPS = 2.0
-_VISION_CACHE_SIZE = 4
 
 
 def smart_resize(
@@ -95,7 +92,6 @@ class QwenVLAdapter(DecafCalls):
         self.video_token_id: int = int(self.model.config.video_token_id)
         self.image_token_id: int = int(self.model.config.image_token_id)
         self._accepts_seconds = "second_per_grid_ts" in inspect.signature(self.model.forward).parameters
-        self._vision_cache: BoundedCache[str, _Visual] = BoundedCache(max_items=_VISION_CACHE_SIZE)
 
     # ----- building blocks (public for tests and other callers) -----
 
@@ -114,33 +110,10 @@ class QwenVLAdapter(DecafCalls):
         size = (h_v * self.frame_scale, w_v * self.frame_scale)
         return smart_resize(size[0], size[1], self.factor)  # qwen-vl-utils still applies its default limits
 
-    def clear_cache(self) -> None:
-        self._vision_cache.clear()
-
     # ----- internals -----
 
-    def encode_video(self, video_frames: Sequence[np.ndarray]) -> _Visual:
-        return self._cached_encoding("video", self.video_size, video_frames, self._encode_video)
-
-    def encode_frames(self, video_frames: Sequence[np.ndarray]) -> _Visual:
-        return self._cached_encoding("image", self.frame_size, video_frames, self._encode_frames)
-
-    def _cached_encoding(
-        self,
-        kind: str,
-        size_of: Callable[[int, int], tuple[int, int]],
-        video_frames: Sequence[np.ndarray],
-        encode: Callable[[list[np.ndarray], tuple[int, int]], _Visual],
-    ) -> _Visual:
-        frames = check_frames(video_frames)
-        size = size_of(*frames[0].shape[:2])
-        key = _cache_key(kind, size, frames)
-        visual = self._vision_cache.get(key)
-        if visual is None:
-            visual = self._vision_cache.put(key, encode(frames, size))
-        return visual
-
-    def _encode_video(self, frames: list[np.ndarray], size: tuple[int, int]) -> _Visual:
+    def _encode_video(self, frames: list[np.ndarray]) -> _Visual:
+        size = self.video_size(*frames[0].shape[:2])
         clip = [resize_frame(f, size) for f in frames]
         if len(clip) % self.temporal_patch_size:  # qwen-vl-utils: repeat the last frame up to an even count
             clip += [clip[-1]] * (self.temporal_patch_size - len(clip) % self.temporal_patch_size)
@@ -148,23 +121,20 @@ class QwenVLAdapter(DecafCalls):
             videos=[np.stack(clip)], do_resize=False, return_tensors="pt", **self._video_processor_kwargs()
         )
         grid = processed["video_grid_thw"].to(self.device)
-        with torch.inference_mode():
-            pixels = processed["pixel_values_videos"].to(self.device)
-            features = self.model.model.get_video_features(pixels, grid, return_dict=True).pooler_output
+        pixels = processed["pixel_values_videos"].to(self.device)
+        features = self.model.model.get_video_features(pixels, grid, return_dict=True).pooler_output
         return _Visual("video", grid, tuple(features))
 
-    def _encode_frames(self, frames: list[np.ndarray], size: tuple[int, int]) -> _Visual:
+    def _encode_frames(self, frames: list[np.ndarray]) -> _Visual:
+        size = self.frame_size(*frames[0].shape[:2])
         grids, features = [], []
         step = max(1, int(self.config.frame_batch_size))
         for start in range(0, len(frames), step):
             images = [resize_frame(f, size) for f in frames[start : start + step]]
             processed = self.processor.image_processor(images=images, do_resize=False, return_tensors="pt")
             grid = processed["image_grid_thw"].to(self.device)
-            with torch.inference_mode():
-                pixels = processed["pixel_values"].to(self.device)
-                features.extend(
-                    self.model.model.get_image_features(pixels, grid, return_dict=True).pooler_output
-                )
+            pixels = processed["pixel_values"].to(self.device)
+            features.extend(self.model.model.get_image_features(pixels, grid, return_dict=True).pooler_output)
             grids.append(grid)
         return _Visual("image", torch.cat(grids), tuple(features))
 
@@ -274,11 +244,3 @@ class QwenVLAdapter(DecafCalls):
             seconds = self.temporal_patch_size / _KEY_FRAME_FPS
             inputs["second_per_grid_ts"] = torch.full((stop - start,), seconds, device=self.device)
         return inputs
-
-
-def _cache_key(kind: str, size: tuple[int, int], frames: Sequence[np.ndarray]) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{kind}:{size}:{len(frames)}:{frames[0].shape}".encode())
-    for f in frames:
-        digest.update(np.ascontiguousarray(f, dtype=np.uint8).data)
-    return digest.hexdigest()
